@@ -62,7 +62,11 @@ class ImageSet:
 
 
 def load_dataset(name: str, root=None, **options) -> dict[str, ImageSet]:
-    """Load a dataset by name. ``root`` is the folder holding its files (unused for digits)."""
+    """Load a dataset by name. ``root`` is the folder holding its files (unused for digits).
+
+    Returns {"train", "val", "test"} ImageSets (digits: val only with ``val_size``). Options are
+    the loader's keywords, e.g. ``size=32``; see :mod:`sgc.data.loaders` and ``data/README.md``.
+    """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
     return DATASETS[name](root=root, **options)
@@ -73,4 +77,20 @@ def _digits(root=None, **options):
     return load_digits_splits(**options)
 
 
-DATASETS = {"digits": _digits}
+def _lazy(name):
+    def load(root=None, **options):
+        from . import loaders
+        return getattr(loaders, name)(root, **options)
+    load.__name__ = name
+    return load
+
+
+DATASETS = {
+    "digits": _digits,                              # embedded, 8x8, 10 classes
+    "breastmnist": _lazy("load_breastmnist"),       # <root>/breastmnist.npz, 1 = malignant
+    "medmnist": _lazy("load_medmnist_set"),         # flag="pneumoniamnist", ... (single-label 2-D sets)
+    "mini_mias": _lazy("load_mini_mias"),           # Info.txt + mdbNNN.pgm
+    "cbis_ddsm": _lazy("load_cbis_ddsm"),           # official CSVs + DICOMs (classic or TCIA layout)
+    "inbreast": _lazy("load_inbreast"),             # INbreast.xls/.csv + AllDICOMs
+    "vindr_mammo": _lazy("load_vindr_mammo"),       # annotation CSVs + images/<study>/<image>.dicom
+}

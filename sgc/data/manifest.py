@@ -70,9 +70,16 @@ def image_sets_from_manifest(manifest: pd.DataFrame, *, class_names, source: str
     Images that failed to decode are reported by :func:`build_cache` and left out.
     """
     validate_manifest(manifest, class_names=class_names, source=source)
-    if not (manifest["split"] == "val").any():
-        manifest = carve_validation(manifest, fraction=val_fraction, seed=seed)
-    check_group_leakage(manifest)
+    if not (manifest["split"] == "val").any() and (manifest["split"] == "train").any():
+        train_groups = set(manifest.loc[manifest["split"] == "train", "group"])
+        test_groups = set(manifest.loc[manifest["split"] == "test", "group"])
+        candidates = manifest[(manifest["split"] == "train") & ~manifest["group"].isin(test_groups)]
+        if train_groups and candidates.empty:
+            raise ValueError(f"{source}: every train group also appears in test; cannot carve validation")
+        carved = carve_validation(candidates, fraction=val_fraction, seed=seed)  # val never shares a test group
+        manifest = manifest.copy()
+        manifest.loc[carved.index[carved["split"] == "val"], "split"] = "val"
+    check_group_leakage(manifest, allow_official=True)
     result = build_cache(manifest, cache_dir or default_cache_dir(source), settings=settings,
                          workers=workers, strict=strict, progress=progress)
     images, table = open_cache(result.path)

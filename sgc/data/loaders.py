@@ -1,0 +1,100 @@
+"""``load_dataset`` entry points: one function per source, manifest -> cache -> ImageSets.
+
+Every mammography loader takes the same keywords:
+
+- ``root``: the source's folder (see ``data/README.md``); ``size``: output side in pixels;
+- ``level``: "image" (whole breast) or "lesion" (patches around lesions, where the source has them);
+- ``cache_dir`` (default ``$SGC_CACHE`` or ``~/.cache/sgc``), ``workers``, ``strict``, ``progress``;
+- ``val_fraction``, ``seed``: validation carved from train by group when the source has none;
+- ``preprocess``: dict of further :class:`PreprocessSettings` fields (``clahe``, ``flip``, ...).
+"""
+from __future__ import annotations
+
+from . import ImageSet
+from .manifest import image_sets_from_manifest
+from .preprocess import PreprocessSettings
+
+__all__ = ["load_breastmnist", "load_medmnist_set", "load_mini_mias", "load_cbis_ddsm", "load_inbreast",
+           "load_vindr_mammo"]
+
+
+def _need_root(root, source: str):
+    if root is None:
+        raise ValueError(f"{source}: pass root=<folder with the {source} files> (see data/README.md)")
+    return root
+
+
+def _cached(manifest, *, source, class_names, size, level, cache_dir, workers, strict, progress,
+            val_fraction, seed, preprocess) -> dict[str, ImageSet]:
+    settings = PreprocessSettings.from_dict({"size": size, "mode": "patch" if level == "lesion" else "full",
+                                             **(preprocess or {})})
+    return image_sets_from_manifest(manifest, class_names=class_names, source=source, cache_dir=cache_dir,
+                                    settings=settings, workers=workers, strict=strict, progress=progress,
+                                    val_fraction=val_fraction, seed=seed)
+
+
+def load_breastmnist(root=None, *, size: int | None = None, resolution: int = 28,
+                     download: bool = False) -> dict[str, ImageSet]:
+    """BreastMNIST, official split, 0 = benign (normal or benign), 1 = malignant (remapped)."""
+    from .medmnist import load_medmnist
+    return load_medmnist("breastmnist", root, size=size, resolution=resolution, download=download)
+
+
+def load_medmnist_set(root=None, *, flag: str = "breastmnist", size: int | None = None, resolution: int = 28,
+                      download: bool = False) -> dict[str, ImageSet]:
+    """Any single-label MedMNIST 2-D set by ``flag`` (see sgc.data.medmnist.MEDMNIST_2D)."""
+    from .medmnist import load_medmnist
+    return load_medmnist(flag, root, size=size, resolution=resolution, download=download)
+
+
+def load_mini_mias(root=None, *, size: int = 256, label_rule: str = "benign_malignant", level: str = "image",
+                   missing: str = "error", cache_dir=None, workers: int | None = None, strict: bool = False,
+                   progress: bool = True, test_fraction: float = 0.2, val_fraction: float = 0.1, seed: int = 0,
+                   preprocess: dict | None = None) -> dict[str, ImageSet]:
+    """mini-MIAS images or lesion patches; film-pair grouped splits (8-bit, levels 256)."""
+    from .mini_mias import LABEL_RULES, mini_mias_manifest
+    manifest = mini_mias_manifest(_need_root(root, "mini_mias"), label_rule=label_rule, level=level,
+                                  missing=missing, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
+    return _cached(manifest, source="mini_mias", class_names=LABEL_RULES[label_rule], size=size, level=level,
+                   cache_dir=cache_dir, workers=workers, strict=strict, progress=progress,
+                   val_fraction=val_fraction, seed=seed, preprocess=preprocess)
+
+
+def load_cbis_ddsm(root=None, *, size: int = 256, abnormality: str = "mass", level: str = "image",
+                   missing: str = "error", dicom_root=None, cache_dir=None, workers: int | None = None,
+                   strict: bool = False, progress: bool = True, val_fraction: float = 0.1, seed: int = 0,
+                   preprocess: dict | None = None) -> dict[str, ImageSet]:
+    """CBIS-DDSM full images or ROI patches; official train/test, val carved by patient."""
+    from .cbis_ddsm import CLASS_NAMES, cbis_ddsm_manifest
+    manifest = cbis_ddsm_manifest(_need_root(root, "cbis_ddsm"), abnormality=abnormality, level=level,
+                                  missing=missing, dicom_root=dicom_root, progress=progress)
+    return _cached(manifest, source=f"cbis_ddsm_{abnormality}", class_names=CLASS_NAMES, size=size, level=level,
+                   cache_dir=cache_dir, workers=workers, strict=strict, progress=progress,
+                   val_fraction=val_fraction, seed=seed, preprocess=preprocess)
+
+
+def load_inbreast(root=None, *, size: int = 256, malignant_birads=("4a", "4b", "4c", "5", "6"), drop_birads=(),
+                  missing: str = "error", cache_dir=None, workers: int | None = None, strict: bool = False,
+                  progress: bool = True, test_fraction: float = 0.2, val_fraction: float = 0.1, seed: int = 0,
+                  preprocess: dict | None = None) -> dict[str, ImageSet]:
+    """INbreast full images; Bi-Rads rule recorded; splits grouped by DICOM PatientID."""
+    from .inbreast import CLASS_NAMES, inbreast_manifest
+    manifest = inbreast_manifest(_need_root(root, "inbreast"), malignant_birads=malignant_birads,
+                                 drop_birads=drop_birads, missing=missing, test_fraction=test_fraction,
+                                 val_fraction=val_fraction, seed=seed)
+    return _cached(manifest, source="inbreast", class_names=CLASS_NAMES, size=size, level="image",
+                   cache_dir=cache_dir, workers=workers, strict=strict, progress=progress,
+                   val_fraction=val_fraction, seed=seed, preprocess=preprocess)
+
+
+def load_vindr_mammo(root=None, *, size: int = 256, level: str = "image", malignant_birads=(4, 5),
+                     drop_birads=(), missing: str = "error", cache_dir=None, workers: int | None = None,
+                     strict: bool = False, progress: bool = True, val_fraction: float = 0.1, seed: int = 0,
+                     preprocess: dict | None = None) -> dict[str, ImageSet]:
+    """VinDr-Mammo images (breast-level CSV) or finding patches; official split, val by study."""
+    from .vindr_mammo import CLASS_NAMES, vindr_manifest
+    manifest = vindr_manifest(_need_root(root, "vindr_mammo"), level=level, malignant_birads=malignant_birads,
+                              drop_birads=drop_birads, missing=missing)
+    return _cached(manifest, source="vindr_mammo", class_names=CLASS_NAMES, size=size, level=level,
+                   cache_dir=cache_dir, workers=workers, strict=strict, progress=progress,
+                   val_fraction=val_fraction, seed=seed, preprocess=preprocess)
