@@ -44,7 +44,7 @@ def _estimate_chunk(model, sde, x, estimator, levels, dequantize, generator, opt
         from .elbo import elbo_class_scores
         r = elbo_class_scores(model, sde, x, levels=levels, dequantize=dequantize,
                               generator=generator, **options)
-        return r.logp, r.bpd, r.nfe, {"stderr": r.stderr}
+        return r.logp, r.bpd, r.nfe, {"stderr": r.stderr, "evals": r.evals, "alive": r.alive}
     raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
 
 
