@@ -27,7 +27,9 @@ __all__ = ["LikelihoodResult", "SolverError", "ode_drift", "divergence", "log_li
            "class_log_likelihoods", "validate_images", "dequantize", "to_bits_per_dim"]
 
 ADAPTIVE = {"dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"}
-FIXED = {"euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams"}
+FIXED = {"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams"}
+EXPONENTIAL = {"dpm1", "dpm2"}  # sgc.solvers.dpm_solve, orders 1 and 2
+PRECISIONS = (None, "tf32", "bf16")
 
 
 class SolverError(RuntimeError):
@@ -89,7 +91,8 @@ def divergence(fn, z: torch.Tensor, probes: torch.Tensor | None):
     """(fn(z), div fn(z)) with one forward pass.
 
     probes None: exact divergence, one VJP per dimension (small images only).
-    probes (P, N, ...): Hutchinson-Skilling estimate, mean over P probes of v^T (df/dz) v.
+    probes (P, N, ...): Hutchinson-Skilling estimate, mean over P probes of v^T (df/dz) v;
+    several probes share the forward pass and go through one batched (vmapped) VJP.
     """
     with torch.enable_grad():
         z = z.detach().requires_grad_(True)
@@ -100,6 +103,13 @@ def divergence(fn, z: torch.Tensor, probes: torch.Tensor | None):
             for d in range(flat.shape[1]):
                 (g,) = torch.autograd.grad(flat[:, d].sum(), z, retain_graph=True)
                 div = div + g.flatten(1)[:, d]
+        elif len(probes) > 1 and _BATCHED_VJP[0]:
+            try:
+                (g,) = torch.autograd.grad(out, z, probes, is_grads_batched=True)
+                div = (g * probes).flatten(2).sum(2).mean(0)
+            except RuntimeError:  # an op without a batching rule: fall back to a loop
+                _BATCHED_VJP[0] = False
+                return divergence(fn, z, probes)
         else:
             div = 0.0
             for p, v in enumerate(probes):
@@ -107,6 +117,29 @@ def divergence(fn, z: torch.Tensor, probes: torch.Tensor | None):
                 div = div + (g * v).flatten(1).sum(1)
             div = div / len(probes)
     return out.detach(), div.detach()
+
+
+_BATCHED_VJP = [True]
+
+
+class _precision:
+    """Context: None (float32), "tf32" (TensorFloat-32 matmuls/convs on CUDA) or "bf16" (autocast)."""
+
+    def __init__(self, device: torch.device, mode: str | None):
+        if mode not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {mode!r}")
+        self.device, self.mode = torch.device(device), mode
+
+    def __enter__(self):
+        self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        if self.mode == "tf32":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mode == "bf16")
+        self.autocast.__enter__()
+
+    def __exit__(self, *exc):
+        self.autocast.__exit__(*exc)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
 
 
 def _make_probes(kind: str, n_probes: int, shape, generator, device, dtype):
@@ -133,8 +166,18 @@ def log_likelihood(model, sde: SDE, x: torch.Tensor, y: torch.Tensor, *,
                    n_probes: int = 1,            # Hutchinson probes per evaluation
                    probes: torch.Tensor | None = None,  # explicit probes (P, N, C, H, W)
                    generator: torch.Generator | None = None,
+                   nfe_budget: int | None = None,  # fixed-step methods: steps = budget // evals per step
+                   spacing: str = "logsnr",      # fixed-step grid: "logsnr" (uniform log-SNR) or "uniform" in t
+                   precision: str | None = None,  # network arithmetic: None (fp32), "tf32", "bf16" autocast
                    ) -> LikelihoodResult:
-    """log p(x_i | y_i) for a batch of images x (N, C, H, W) in [0, 1] and labels y (N,)."""
+    """log p(x_i | y_i) for a batch of images x (N, C, H, W) in [0, 1] and labels y (N,).
+
+    Methods: adaptive torchdiffeq solvers (``ADAPTIVE``, rtol/atol), fixed-step torchdiffeq
+    solvers (``FIXED``) and exponential integrators "dpm1"/"dpm2" (``sgc.solvers``), the last
+    two on ``steps`` steps or ``nfe_budget`` network evaluations. nfe counts ODE-function
+    evaluations (each 1 forward + 1 batched VJP); for "dpm2" it counts forward passes
+    (half of them need no VJP).
+    """
     validate_images(x, model)
     device = next(model.parameters()).device
     x = x.to(device=device, dtype=torch.float32)
@@ -150,8 +193,12 @@ def log_likelihood(model, sde: SDE, x: torch.Tensor, y: torch.Tensor, *,
         probes = probes.to(device=device, dtype=z0.dtype)
     else:
         raise ValueError(f"divergence_mode must be 'exact' or 'hutchinson', got {divergence_mode!r}")
-    if method not in ADAPTIVE | FIXED:
-        raise ValueError(f"unknown ODE method {method!r}; adaptive: {sorted(ADAPTIVE)}, fixed: {sorted(FIXED)}")
+    if method not in ADAPTIVE | FIXED | EXPONENTIAL:
+        raise ValueError(f"unknown ODE method {method!r}; adaptive: {sorted(ADAPTIVE)}, fixed: "
+                         f"{sorted(FIXED)}, exponential: {sorted(EXPONENTIAL)}")
+    if nfe_budget is not None and method not in ADAPTIVE:
+        from .solvers import FIXED_EVALS
+        steps = max(1, nfe_budget // FIXED_EVALS.get(method, 1))
 
     nfe = 0
 
@@ -166,14 +213,26 @@ def log_likelihood(model, sde: SDE, x: torch.Tensor, y: torch.Tensor, *,
     model.eval()
     start = time.perf_counter()
     ts = torch.tensor([eps, sde.T], device=device, dtype=torch.float32)
-    kwargs = dict(rtol=rtol, atol=atol) if method in ADAPTIVE else dict(options={"step_size": (sde.T - eps) / steps})
+    if method in ADAPTIVE:
+        kwargs = dict(rtol=rtol, atol=atol)
+    else:
+        from .solvers import time_grid
+        grid = time_grid(sde, steps, eps, spacing).to(device=device, dtype=torch.float32)
+        kwargs = dict(options={"grid_constructor": lambda *_: grid})
     state0 = (z0, torch.zeros(z0.shape[0], device=device))
     try:
-        zs, deltas = odeint(func, state0, ts, method=method, **kwargs)
+        with _precision(device, precision):
+            if method in EXPONENTIAL:
+                from .solvers import dpm_solve
+                zT, delta, nfe = dpm_solve(model, sde, z0, y, probes, steps=steps, order=int(method[-1]),
+                                           eps=eps, spacing=spacing, divergence_fn=divergence)
+            else:
+                zs, deltas = odeint(func, state0, ts, method=method, **kwargs)
+                zT, delta = zs[-1], deltas[-1]
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - start
-    zT, delta = zs[-1], deltas[-1]
+    zT, delta = zT.float(), delta.float()
     prior = sde.prior_logp(zT)
     dims = z0[0].numel()
     logp = prior + delta + dims * math.log(2.0)  # z = 2x - 1: density of x on [0, 1]^D
