@@ -33,4 +33,4 @@ def load_digits_splits(seed: int = 0, test_size: float = 0.2, val_size: float = 
     if val_size > 0:
         tr, va = train_test_split(tr, test_size=val_size, stratify=y[tr], random_state=seed)
         splits = {"train": tr, "val": va, "test": te}
-    return {k: ImageSet(x[v], y[v], CLASS_NAMES, LEVELS, list(ids[v])) for k, v in splits.items()}
+    return {k: ImageSet(x[v], y[v], CLASS_NAMES, LEVELS, [str(i) for i in ids[v]]) for k, v in splits.items()}

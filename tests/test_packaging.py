@@ -1,0 +1,43 @@
+"""environment.yml (conda users) and pyproject.toml (pip users) ask for the same packages."""
+import re
+import tomllib
+
+import yaml
+
+from conftest import REPO
+
+CONDA_NAMES = {"torch": "pytorch"}  # pip name -> conda-forge name where they differ
+
+
+def _parse(spec: str) -> tuple[str, str]:
+    m = re.match(r"\s*([A-Za-z0-9_.\-]+)\s*(.*)", spec)
+    return m.group(1).lower(), m.group(2).replace(" ", "")
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = list(project["dependencies"])
+    for extra in ("dev", "notebooks"):
+        wanted += project["optional-dependencies"][extra]
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    conda, pip = {}, {}
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            for p in dep["pip"]:
+                if not p.startswith("-e"):
+                    name, ver = _parse(p)
+                    pip[name] = ver
+        else:
+            name, ver = _parse(dep.replace("=", "==", 1) if re.match(r"^[\w\-]+=[^=]", dep) else dep)
+            conda[name] = ver
+    for spec in wanted:
+        name, ver = _parse(spec)
+        got = pip.get(name, conda.get(CONDA_NAMES.get(name, name)))
+        assert got is not None, f"{name} is in pyproject.toml but not in environment.yml"
+        assert got == ver, f"{name}: pyproject.toml says {ver!r}, environment.yml says {got!r}"
+    assert "python" in conda and "pip" in conda
+
+
+def test_makefile_pins_a_cpu_torch():
+    text = (REPO / "Makefile").read_text()
+    assert re.search(r"TORCH_SPEC \?= torch==\d", text), "the Makefile must pin torch (overridable)"
