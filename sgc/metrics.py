@@ -24,9 +24,9 @@ from sklearn import metrics as skm
 __all__ = [
     "summary_metrics", "accuracy", "balanced_accuracy", "auc", "brier_score",
     "expected_calibration_error", "reliability_curve",
-    "bootstrap_ci", "paired_bootstrap", "delong_test", "delong_ci",
+    "bootstrap_ci", "metrics_with_ci", "paired_bootstrap", "delong_test", "delong_ci",
     "uniform_prior", "empirical_prior", "apply_prior",
-    "fit_temperature", "apply_temperature",
+    "fit_temperature", "apply_temperature", "mean_ci_over_seeds",
     "youden_threshold", "choose_threshold_on_val", "apply_threshold",
     "sensitivity_specificity", "sensitivity_at_specificity",
 ]
@@ -201,8 +201,8 @@ def sensitivity_at_specificity(y_true_bin, score, specificity: float) -> tuple[f
         raise ValueError(f"specificity must be in (0, 1]; got {specificity}")
     fpr, tpr, thr = _roc(y_true_bin, score)
     ok = fpr <= 1 - specificity + 1e-12
-    if not ok.any():
-        return 0.0, float("inf")
+    if not ok.any():   # even the top score has a negative tied to it: flag nothing positive
+        return 0.0, float(np.nextafter(np.max(score), np.inf))
     i = np.flatnonzero(ok)[np.argmax(tpr[ok])]
     return float(tpr[i]), float(thr[i])
 
@@ -236,7 +236,7 @@ def apply_threshold(score, threshold: float) -> np.ndarray:
 
 # --------------------------------------------------------------------------- summary
 def summary_metrics(y_true, proba, class_names: Sequence[str] | None = None,
-                    positive=None, ece_bins: int = 15) -> dict:
+                    positive=None, ece_bins: int = 15, threshold: float | None = None) -> dict:
     """All headline metrics of one classifier on one split, as a JSON-serialisable dict.
 
     y_true: int (N,) in [0, K); proba: (N, K) rows summing to 1; class_names: K names
@@ -246,8 +246,11 @@ def summary_metrics(y_true, proba, class_names: Sequence[str] | None = None,
     K == 2 that of the positive class), ap_per_class, f1_macro, brier (multiclass form, in
     [0, 2]), ece (top-label, ``ece_bins`` bins). For K == 2 also: positive, auc,
     brier_binary, f1_positive, threshold_youden, sensitivity_youden, specificity_youden,
-    sensitivity_at_spec_0.90 and sensitivity_at_spec_0.95 (with their thresholds).
-    Per-class AUC/AP need every class present in y_true (else a ValueError says so).
+    sensitivity_at_spec_0.90 and sensitivity_at_spec_0.95 (with their thresholds; these
+    operating points are chosen on this same split, so they are optimistic), and, when
+    ``threshold`` (chosen on validation with ``choose_threshold_on_val``) is given,
+    sensitivity/specificity/accuracy/balanced_accuracy "_at_threshold" of the rule
+    "positive when P(positive) >= threshold". Per-class AUC/AP need every class present in y_true (else a ValueError says so).
     """
     y, p = _check(y_true, proba)
     k = p.shape[1]
@@ -294,6 +297,15 @@ def summary_metrics(y_true, proba, class_names: Sequence[str] | None = None,
             se, th = sensitivity_at_specificity(yb, s, target)
             out[f"sensitivity_at_spec_{target:.2f}"] = se
             out[f"threshold_at_spec_{target:.2f}"] = th
+        if threshold is not None:
+            q = apply_threshold(s, threshold)
+            se, sp = sensitivity_specificity(yb, q)
+            out.update({"threshold": float(threshold), "sensitivity_at_threshold": se,
+                        "specificity_at_threshold": sp,
+                        "accuracy_at_threshold": float(np.mean(q == yb)),
+                        "balanced_accuracy_at_threshold": (se + sp) / 2})
+    elif threshold is not None:
+        raise ValueError("threshold applies to binary problems (K == 2) only")
     return out
 
 
@@ -333,6 +345,37 @@ def bootstrap_ci(y_true, proba, metric_fn: Callable, n_boot: int = 1000,
                          "use stratified=True or a larger test set")
     lo, hi = np.quantile(vals, [alpha / 2, 1 - alpha / 2])
     return point, float(lo), float(hi)
+
+
+def metrics_with_ci(y_true, proba, *, positive=None, class_names=None, n_boot: int = 1000,
+                    alpha: float = 0.05, seed: int = 0, stratified: bool = True) -> dict:
+    """Accuracy, balanced accuracy and AUC with percentile bootstrap intervals, JSON-ready.
+
+    All three share the same resampled test sets. Returns
+    {name: {"value", "lo", "hi"}} for name in accuracy, balanced_accuracy, auc (the
+    positive-class AUC for K == 2, macro one-vs-rest otherwise), plus "n_boot".
+    """
+    y, p = _check(y_true, proba)
+    fns = {"accuracy": accuracy, "balanced_accuracy": balanced_accuracy,
+           "auc": lambda yy, pp: auc(yy, pp, positive=positive, class_names=class_names)}
+    rng = np.random.default_rng(seed)
+    draws = {k: [] for k in fns}
+    for _ in range(n_boot):
+        i = _resample_index(y, rng, stratified)
+        try:
+            vals = {k: float(f(y[i], p[i])) for k, f in fns.items()}
+        except ValueError:
+            continue
+        for k, v in vals.items():
+            draws[k].append(v)
+    if len(draws["auc"]) < n_boot / 2:
+        raise ValueError("AUC failed on most resamples; use stratified=True or a larger test set")
+    out = {}
+    for k, f in fns.items():
+        lo, hi = np.quantile(draws[k], [alpha / 2, 1 - alpha / 2])
+        out[k] = {"value": float(f(y, p)), "lo": float(lo), "hi": float(hi)}
+    out["n_boot"] = len(draws["auc"])
+    return out
 
 
 def paired_bootstrap(y_true, proba_a, proba_b, metric_fn: Callable, n_boot: int = 1000,
@@ -497,17 +540,21 @@ def apply_temperature(logits, temperature: float) -> np.ndarray:
     return special.softmax(z / temperature, axis=1)
 
 
-def _nll(z: np.ndarray, y: np.ndarray, t: float) -> float:
-    zt = z / t
+def _nll(z: np.ndarray, y: np.ndarray, t: float, log_prior) -> float:
+    zt = z / t + log_prior
     return float(np.mean(special.logsumexp(zt, axis=1) - zt[np.arange(len(y)), y]))
 
 
-def fit_temperature(logits_val, y_val, *, bounds: tuple[float, float] = (1e-3, 1e5)) -> float:
-    """Temperature T > 0 minimising the validation negative log-likelihood of softmax(logits / T).
+def fit_temperature(logits_val, y_val, *, prior=None,
+                    bounds: tuple[float, float] = (1e-3, 1e5)) -> float:
+    """Temperature T > 0 minimising the validation negative log-likelihood.
 
-    logits_val: (N, K) logits, or log p(x | y) (+ log prior) of a generative classifier
-    (whose nats-scale differences usually need T >> 1); y_val: int (N,). A log-spaced grid
-    over ``bounds`` followed by bounded Brent refinement; returns a float.
+    logits_val: (N, K) logits of a network, or log p(x | y) in nats of a generative
+    classifier (whose differences of tens to hundreds of nats usually need T >> 1);
+    y_val: int (N,). prior: optional (K,) class probabilities or "uniform"; when given the
+    model is softmax(logits / T + log prior), exactly what ``apply_prior(log_lik, prior, T)``
+    computes, else softmax(logits / T) as in ``apply_temperature``. A log-spaced grid over
+    ``bounds`` followed by bounded Brent refinement; returns a float.
     """
     z = np.asarray(logits_val, dtype=np.float64)
     y = np.asarray(y_val).ravel().astype(np.int64)
@@ -515,12 +562,35 @@ def fit_temperature(logits_val, y_val, *, bounds: tuple[float, float] = (1e-3, 1
         raise ValueError(f"logits_val must be (N, K) with N = len(y_val); got {z.shape}, {len(y)}")
     if y.min() < 0 or y.max() >= z.shape[1]:
         raise ValueError(f"y_val must lie in [0, {z.shape[1]})")
+    if not np.all(np.isfinite(z)):
+        raise ValueError("logits_val contains NaN or inf")
+    log_prior = 0.0
+    if prior is not None:
+        # reuse apply_prior's validation: the posterior at T = 1 of zero log-likelihoods
+        log_prior = np.log(apply_prior(np.zeros((1, z.shape[1])), prior)[0])
     lo, hi = np.log(bounds[0]), np.log(bounds[1])
     grid = np.linspace(lo, hi, 241)
-    losses = [_nll(z, y, np.exp(g)) for g in grid]
+    losses = [_nll(z, y, np.exp(g), log_prior) for g in grid]
     i = int(np.argmin(losses))
     a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    res = optimize.minimize_scalar(lambda g: _nll(z, y, np.exp(g)), bounds=(a, b),
+    res = optimize.minimize_scalar(lambda g: _nll(z, y, np.exp(g), log_prior), bounds=(a, b),
                                    method="bounded", options={"xatol": 1e-6})
     g = res.x if res.fun <= losses[i] else grid[i]
     return float(np.exp(g))
+
+
+def mean_ci_over_seeds(values, alpha: float = 0.05) -> tuple[float, float, float]:
+    """(mean, lower, upper): Student-t interval of a metric over independent seeds.
+
+    values: (S,) one number per seed (e.g. test AUC of three training runs). With S = 1 the
+    interval is (mean, mean). This interval reflects training randomness only; combine it
+    with ``bootstrap_ci`` for test-set sampling error.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if len(v) == 0:
+        raise ValueError("no values")
+    m = float(v.mean())
+    if len(v) == 1:
+        return m, m, m
+    half = stats.t.ppf(1 - alpha / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return m, float(m - half), float(m + half)

@@ -226,3 +226,49 @@ def test_thresholds_on_validation():
     assert M.sensitivity_specificity(Y5, M.apply_threshold(S5, 0.5)) == pytest.approx((1.0, 2 / 3))
     with pytest.raises(ValueError, match="target"):
         M.choose_threshold_on_val(Y5, S5, rule="specificity")
+
+
+def test_fit_temperature_with_prior_matches_apply_prior():
+    rng = np.random.default_rng(1)
+    prior = np.array([0.8, 0.2])
+    ll = rng.normal(size=(4000, 2)) * 1.5
+    post = M.apply_prior(ll, prior)
+    y = (rng.uniform(size=4000) < post[:, 1]).astype(int)
+    t = M.fit_temperature(ll * 50.0, y, prior=prior)
+    assert t == pytest.approx(50.0, rel=0.1)
+    np.testing.assert_allclose(M.apply_prior(ll * 50.0, prior, temperature=t), post, atol=0.05)
+
+
+def test_threshold_from_validation_in_summary():
+    out = M.summary_metrics(Y5, two_col(S5), threshold=0.55)
+    # positive when score >= 0.55: predictions 0, 0, 1, 0, 1 -> sens 1/2, spec 2/3
+    assert out["sensitivity_at_threshold"] == pytest.approx(0.5)
+    assert out["specificity_at_threshold"] == pytest.approx(2 / 3)
+    assert out["accuracy_at_threshold"] == pytest.approx(3 / 5)
+    with pytest.raises(ValueError, match="binary"):
+        M.summary_metrics([0, 1, 2], np.eye(3), threshold=0.5)
+
+
+def test_sensitivity_at_specificity_unreachable():
+    # the top score is shared by a positive and a negative: no threshold reaches spec 0.95
+    se, th = M.sensitivity_at_specificity([1, 0, 0], [0.9, 0.9, 0.1], 0.95)
+    assert se == 0.0 and np.isfinite(th) and th > 0.9
+
+
+def test_mean_ci_over_seeds():
+    m, lo, hi = M.mean_ci_over_seeds([0.8, 0.9, 1.0])
+    half = stats.t.ppf(0.975, 2) * 0.1 / np.sqrt(3)
+    assert m == pytest.approx(0.9) and lo == pytest.approx(0.9 - half) and hi == pytest.approx(0.9 + half)
+    assert M.mean_ci_over_seeds([0.7]) == (0.7, 0.7, 0.7)
+
+
+def test_metrics_with_ci_agrees_with_bootstrap_ci():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 200)
+    p = two_col(1 / (1 + np.exp(-(y + rng.normal(size=200)))))
+    out = M.metrics_with_ci(y, p, n_boot=300, seed=5)
+    point, lo, hi = M.bootstrap_ci(y, p, M.auc, n_boot=300, seed=5)
+    assert out["auc"] == {"value": pytest.approx(point), "lo": pytest.approx(lo),
+                          "hi": pytest.approx(hi)}
+    assert out["accuracy"]["lo"] < out["accuracy"]["value"] < out["accuracy"]["hi"]
+    json.dumps(out)
