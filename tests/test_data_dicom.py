@@ -88,6 +88,7 @@ def test_real_cbis_ddsm_dicoms():
         assert 0 <= image.min() and image.max() <= 1 and image.mean() > 0.05
 
 
+@pytest.mark.filterwarnings("ignore:End of file reached")
 def test_bad_files_give_clear_messages(tmp_path):
     with pytest.raises(DicomDecodeError, match="file not found"):
         read_dicom(tmp_path / "absent.dcm")
