@@ -93,8 +93,13 @@ def _val_scores(y: np.ndarray, proba: np.ndarray) -> dict:
             "val_balanced_accuracy": metrics.balanced_accuracy(y, proba)}
 
 
+def _key(row: dict, monitor: str) -> tuple:
+    """Sort key of a validation row: larger is better."""
+    return (row["val_auc"], -row["val_loss"]) if monitor == "auc" else (-row["val_loss"],)
+
+
 def _train_logreg(train: ImageSet, val: ImageSet, *, class_weighting: bool, seed: int,
-                  c_grid, progress: bool):
+                  c_grid, monitor: str, progress: bool):
     from sklearn.linear_model import LogisticRegression
     xt, xv = train.images.reshape(len(train), -1), val.images.reshape(len(val), -1)
     models, history = [], []
@@ -109,7 +114,7 @@ def _train_logreg(train: ImageSet, val: ImageSet, *, class_weighting: bool, seed
         if progress:
             print(f"logreg C={c:g}: val AUC {history[-1]['val_auc']:.4f} "
                   f"loss {history[-1]['val_loss']:.4f}")
-    i = max(range(len(history)), key=lambda j: (history[j]["val_auc"], -history[j]["val_loss"]))
+    i = max(range(len(history)), key=lambda j: _key(history[j], monitor))
     history[i]["best"] = True
     best = models[i]
     return best, history
@@ -140,7 +145,8 @@ def train_baseline(name: str, train: ImageSet, val: ImageSet, *,
 
     train, val: ImageSet with images float32 (N, C, H, W) in [0, 1] and labels in [0, K).
     The model is an ``nn.Module`` in eval mode holding the best validation epoch's weights
-    (a fitted ``LogisticRegression`` for "logreg", C chosen on val). history: one dict per
+    (for "logreg" a fitted ``LogisticRegression`` whose C in ``c_grid`` was chosen on val by
+    the same ``monitor``; the network-only arguments are then ignored). history: one dict per
     epoch (per C for logreg) with train_loss, val_loss (unweighted NLL, nats), val_auc
     (positive-class AUC for K = 2, macro one-vs-rest otherwise), val_accuracy,
     val_balanced_accuracy, seconds and ``best`` (True on the epoch whose weights are returned).
@@ -150,9 +156,11 @@ def train_baseline(name: str, train: ImageSet, val: ImageSet, *,
         raise ValueError(f"monitor must be 'auc' or 'loss'; got {monitor!r}")
     if name == "logreg":
         return _train_logreg(train, val, class_weighting=class_weighting, seed=seed,
-                             c_grid=c_grid, progress=progress)
+                             c_grid=c_grid, monitor=monitor, progress=progress)
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; choose one of {BASELINES}")
+    if epochs < 1 or batch_size < 2:
+        raise ValueError(f"need epochs >= 1 and batch_size >= 2; got {epochs}, {batch_size}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
     c, h, _ = train.shape
@@ -161,25 +169,22 @@ def train_baseline(name: str, train: ImageSet, val: ImageSet, *,
     counts = np.bincount(train.labels, minlength=k)
     weight = torch.tensor(len(train) / (k * counts) if class_weighting else np.ones(k),
                           dtype=torch.float32, device=device)
-    x_all = torch.from_numpy(train.images).to(device)
-    y_all = torch.from_numpy(train.labels).to(device)
+    x_all = torch.from_numpy(train.images)   # stays in host memory; batches move to device
+    y_all = torch.from_numpy(train.labels)
     gen = torch.Generator(device=device).manual_seed(seed)
     perm_gen = torch.Generator().manual_seed(seed)
-
-    def key(row):
-        return (row["val_auc"], -row["val_loss"]) if monitor == "auc" else (-row["val_loss"],)
 
     history, best_key, best_state, since_best = [], None, None, 0
     for epoch in range(epochs):
         t0 = time.time()
         model.train()
-        perm = torch.randperm(len(train), generator=perm_gen).to(device)
+        perm = torch.randperm(len(train), generator=perm_gen)
         total, seen = 0.0, 0
         for start in range(0, len(perm), batch_size):
             idx = perm[start:start + batch_size]
             if len(idx) < 2:      # BatchNorm cannot train on a single image
                 continue
-            x, y = x_all[idx], y_all[idx]
+            x, y = x_all[idx].to(device), y_all[idx].to(device)
             if augment_flips:
                 x = _flip(x, gen)
             loss = F.cross_entropy(model(x), y, weight=weight)
@@ -191,8 +196,8 @@ def train_baseline(name: str, train: ImageSet, val: ImageSet, *,
         proba = predict_proba(model, val.images, batch_size=max(batch_size, 256), device=device)
         row = {"epoch": epoch, "train_loss": total / max(seen, 1), **_val_scores(val.labels, proba),
                "seconds": time.time() - t0, "best": False}
-        if best_key is None or key(row) > best_key:
-            best_key, since_best = key(row), 0
+        if best_key is None or _key(row, monitor) > best_key:
+            best_key, since_best = _key(row, monitor), 0
             best_state = {n: t.detach().to("cpu", copy=True) for n, t in model.state_dict().items()}
             for r in history:
                 r["best"] = False

@@ -164,7 +164,7 @@ def test_delong_agrees_with_bootstrap_and_paired():
     aucs = []
     r = np.random.default_rng(1)
     from sklearn.metrics import roc_auc_score
-    for _ in range(1000):
+    for _ in range(500):
         i = r.integers(0, n, n)
         aucs.append(roc_auc_score(y[i], a[i]))
     assert np.sqrt(out["var_a"]) == pytest.approx(np.std(aucs), rel=0.15)
@@ -172,7 +172,7 @@ def test_delong_agrees_with_bootstrap_and_paired():
     assert auc_a == pytest.approx(out["auc_a"]) and lo < auc_a < hi
     # paired bootstrap on the same pair: same sign, comparable p-value
     pa, pb = two_col(1 / (1 + np.exp(-a))), two_col(1 / (1 + np.exp(-b)))
-    pb_out = M.paired_bootstrap(y, pa, pb, M.auc, n_boot=500, seed=0)
+    pb_out = M.paired_bootstrap(y, pa, pb, M.auc, n_boot=300, seed=0)
     assert pb_out["diff"] == pytest.approx(out["auc_a"] - out["auc_b"])
     assert pb_out["lo"] < pb_out["diff"] < pb_out["hi"]
     assert (pb_out["p_value"] < 0.05) == (out["p_value"] < 0.05)
