@@ -2,7 +2,6 @@
 import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from data_fixtures import shared
@@ -89,6 +88,10 @@ def test_mini_mias_manifest_and_load(tmp_path):
                             cache_dir=tmp_path)
     assert sum(len(s) for s in sets.values()) == 19 and sets["train"].levels == 256
     assert sets["train"].images.shape[1:] == (1, 32, 32)
+    with pytest.warns(UserWarning):
+        patches = load_dataset("mini_mias", root=str(root), missing="drop", level="lesion", size=16, workers=1,
+                               progress=False, cache_dir=tmp_path)
+    assert sum(len(s) for s in patches.values()) == 22 and patches["train"].images.shape[1:] == (1, 16, 16)
 
 
 def test_truncated_pgm_is_named(tmp_path):

@@ -36,7 +36,7 @@ from .preprocess import PreprocessSettings, preprocess, settings_hash
 
 __all__ = ["CacheError", "CacheResult", "build_cache", "open_cache", "read_source_image"]
 
-PIXEL_COLUMNS = ("image_id", "path", "lesion_box", "roi_paths")  # columns that change the pixels
+PIXEL_COLUMNS = ("image_id", "path", "lesion_box", "roi_paths", "laterality")  # columns that change the pixels
 
 
 class CacheError(RuntimeError):
@@ -98,7 +98,10 @@ def _process(row: dict, settings_dict: dict, items: str) -> tuple[str, dict | No
     image_id = str(row["image_id"])
     try:
         image, facts = read_source_image(row["path"], settings=settings)
-        out, info = preprocess(image, settings=settings, laterality=row.get("laterality") or facts.get("laterality"),
+        laterality = row.get("laterality")
+        if laterality not in ("L", "R"):  # NaN / blank in the table: use the DICOM header
+            laterality = facts.get("laterality")
+        out, info = preprocess(image, settings=settings, laterality=laterality,
                                box=_box(row, image) if settings.mode == "patch" else None)
         bits = settings.bits or min(int(facts.get("bits") or 16), 16)
         q = np.round(out * (2 ** bits - 1)).astype(np.uint16)
