@@ -15,7 +15,6 @@ loss with ``monitor="loss"``). The test split is never touched here.
 """
 from __future__ import annotations
 
-import copy
 import time
 
 import numpy as np
@@ -79,9 +78,11 @@ def _check_sets(train: ImageSet, val: ImageSet) -> int:
     if len(counts) > k or np.any(counts == 0):
         raise ValueError(f"every class needs training images; counts per class {counts.tolist()} "
                          f"for {train.class_names}")
-    if len(np.unique(val.labels)) < 2:
-        raise ValueError("the validation split holds a single class: early stopping on AUC "
-                         "needs both; use a stratified or grouped validation split")
+    missing = sorted(set(range(k)) - set(np.unique(val.labels).tolist()))
+    if missing:
+        raise ValueError(f"the validation split has no images of class(es) {missing}: model "
+                         "selection on AUC needs every class; use a stratified (grouped) "
+                         "validation split")
     return k
 
 
