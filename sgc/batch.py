@@ -1,0 +1,286 @@
+"""Papermill runs of the numbered notebooks for one dataset, sharing one run folder.
+
+``run_batch("breastmnist")`` executes ``notebooks/01_*.ipynb`` ... ``05_*.ipynb`` in order
+into ``reports/runs/breastmnist/`` with the parameters of ``notebooks/params/breastmnist.yaml``
+(overridden by ``params``). Every notebook gets the same ``run_dir`` (that folder), so
+notebook 03 classifies with the checkpoint notebook 02 trained, and so on.
+
+- Parameter files are read with ``yaml.safe_load``; string values may name environment
+  variables as ``${VAR}`` or ``${VAR:-default}``. Relative paths in keys ending in ``_dir``,
+  ``_root`` or ``_path`` are taken relative to the directory ``sgc batch`` is run from.
+- Keys no selected notebook declares are rejected, naming them (papermill only warns).
+  Each notebook receives the keys its ``parameters`` cell declares.
+- Each notebook is written to ``<name>.running.ipynb`` and renamed to ``<name>.ipynb`` when
+  it succeeds. A failure raises ``RuntimeError`` naming the notebook, the cell and the
+  error, and keeps the partial notebook as ``<name>.failed.ipynb``.
+- ``batch.json`` in the run folder records the parameters and seconds of every finished
+  notebook; ``resume=True`` skips the leading notebooks already done with the same parameters.
+
+``ensure_run`` is what the notebooks call to reuse the run folder's model when it matches
+the requested configuration and to train one otherwise.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+__all__ = ["NOTEBOOKS_DIR", "list_notebooks", "select_notebooks", "load_params", "expand_env",
+           "notebook_parameters", "check_parameters", "run_batch", "ensure_run", "default_run_dir",
+           "environment_summary"]
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+_ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+_PATH_SUFFIXES = ("_dir", "_root", "_path")
+
+
+def list_notebooks(notebooks_dir=None) -> list[Path]:
+    """The numbered notebooks ``NN_*.ipynb`` of ``notebooks_dir``, in order."""
+    folder = Path(notebooks_dir or NOTEBOOKS_DIR)
+    found = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    if not found:
+        raise FileNotFoundError(f"no numbered notebooks (NN_*.ipynb) in {folder}")
+    return found
+
+
+def select_notebooks(selection, notebooks_dir=None) -> list[Path]:
+    """Notebooks by number ("01"), stem ("01_data_exploration") or file name; None = all."""
+    available = list_notebooks(notebooks_dir)
+    if not selection:
+        return available
+    chosen = []
+    for item in selection:
+        key = Path(str(item)).stem
+        match = [p for p in available if p.stem == key or p.stem.split("_", 1)[0] == key.zfill(2)]
+        if not match:
+            raise ValueError(f"no notebook {item!r}; choose from {[p.stem for p in available]}")
+        chosen += [m for m in match if m not in chosen]
+    return sorted(chosen)
+
+
+def expand_env(value):
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in strings (recursively in lists and dicts)."""
+    if isinstance(value, dict):
+        return {k: expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m):
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ValueError(f"environment variable {name} is not set (used as ${{{name}}}); set it, "
+                             f"or write ${{{name}:-default}} in the parameter file")
+        return default
+
+    return _ENV.sub(sub, value)
+
+
+def load_params(dataset: str, params_dir=None) -> dict:
+    """Parameters of ``params/<dataset>.yaml`` with environment variables expanded ({} if absent)."""
+    import yaml
+    path = Path(params_dir or NOTEBOOKS_DIR / "params") / f"{dataset}.yaml"
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of parameter names to values, not {type(data).__name__}")
+    return expand_env(data)
+
+
+def notebook_parameters(path) -> dict:
+    """{name: default as source text} of the notebook's ``parameters`` cell (papermill's view)."""
+    import papermill
+    return {name: info["default"] for name, info in papermill.inspect_notebook(str(path)).items()}
+
+
+def check_parameters(params: dict, notebooks) -> dict[Path, dict]:
+    """Split ``params`` per notebook; ValueError naming keys that no notebook declares."""
+    declared = {Path(nb): notebook_parameters(nb) for nb in notebooks}
+    known = set().union(*[set(d) for d in declared.values()]) if declared else set()
+    unknown = sorted(set(params) - known)
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        names = ", ".join(p.stem for p in declared)
+        raise ValueError(f"unknown notebook parameter(s) {', '.join(hints)}: not declared by any of "
+                         f"{names}. Known parameters: {sorted(known)}")
+    return {nb: {k: v for k, v in params.items() if k in decl} for nb, decl in declared.items()}
+
+
+def _absolute_paths(params: dict) -> dict:
+    out = dict(params)
+    for key, value in params.items():
+        if key.endswith(_PATH_SUFFIXES) and isinstance(value, str) and value and not os.path.isabs(value):
+            out[key] = str(Path(value).resolve())
+    return out
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {"notebooks": {}}
+
+
+def _write_state(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def run_batch(dataset: str = "digits", notebooks=None, params: dict | None = None, out="reports/runs",
+              resume: bool = False, *,
+              notebooks_dir=None,          # folder of the numbered notebooks (default: the repo's)
+              params_dir=None,             # folder of <dataset>.yaml (default: notebooks/params)
+              kernel_name: str = "python3",
+              log=print) -> list[Path]:
+    """Execute the notebooks for ``dataset`` into ``out/<dataset>/``; returns the executed paths.
+
+    Raises ValueError for unknown parameter names, RuntimeError when a notebook fails (naming
+    notebook, cell and error; the partial notebook is kept as ``<name>.failed.ipynb``).
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    chosen = select_notebooks(notebooks, notebooks_dir)
+    merged = {**load_params(dataset, params_dir), **(params or {})}
+    run_folder = Path(out, dataset).resolve()
+    merged.setdefault("dataset", dataset)
+    merged.setdefault("run_dir", str(run_folder))
+    per_notebook = check_parameters(merged, chosen)
+    per_notebook = {nb: _absolute_paths(p) for nb, p in per_notebook.items()}
+    run_folder.mkdir(parents=True, exist_ok=True)
+    state_path = run_folder / "batch.json"
+    state = _read_state(state_path)
+
+    todo = list(chosen)
+    if resume:
+        while todo:
+            nb = todo[0]
+            rec = state["notebooks"].get(nb.stem)
+            done = (run_folder / nb.name).exists() and rec is not None and rec.get("parameters") == per_notebook[nb]
+            if not done:
+                break
+            log(f"[batch] {nb.stem}: done before with the same parameters, skipped")
+            todo.pop(0)
+        if not todo:
+            log(f"[batch] {dataset}: every selected notebook is done; nothing to run")
+            return []
+    executed = []
+    for nb in todo:
+        final = run_folder / nb.name
+        tmp = run_folder / f"{nb.stem}.running.ipynb"
+        failed = run_folder / f"{nb.stem}.failed.ipynb"
+        log(f"[batch] {nb.stem}: running with {json.dumps(per_notebook[nb], sort_keys=True)}")
+        start = time.perf_counter()
+        try:
+            papermill.execute_notebook(str(nb), str(tmp), parameters=per_notebook[nb], kernel_name=kernel_name,
+                                       cwd=str(nb.parent), progress_bar=False, log_output=False)
+        except PapermillExecutionError as err:
+            os.replace(tmp, failed)
+            raise RuntimeError(f"notebook {nb.stem} failed in cell {err.cell_index} (execution count "
+                               f"{err.exec_count}): {err.ename}: {err.evalue}. The partial notebook is kept "
+                               f"at {failed}; after fixing, rerun with --resume to continue from {nb.stem}") from None
+        except Exception as err:  # kernel died, notebook unreadable, ...
+            if tmp.exists():
+                os.replace(tmp, failed)
+            raise RuntimeError(f"notebook {nb.stem} could not be executed: {type(err).__name__}: {err}"
+                               + (f"; partial notebook at {failed}" if failed.exists() else "")) from None
+        os.replace(tmp, final)
+        if failed.exists():
+            failed.unlink()
+        seconds = time.perf_counter() - start
+        state["notebooks"][nb.stem] = {"parameters": per_notebook[nb], "seconds": round(seconds, 1)}
+        _write_state(state_path, state)
+        log(f"[batch] {nb.stem}: done in {seconds:.0f} s -> {final}")
+        executed.append(final)
+    return executed
+
+
+def ensure_run(run_dir, dataset: str = "digits", *,
+               data_root=None,                # folder with the dataset's files
+               data_options: dict | None = None,  # loader keywords, e.g. {"size": 32}
+               model: dict | None = None,     # network config (arch + keywords)
+               sde: dict | None = None,       # e.g. {"name": "vp"}
+               train: dict | None = None,     # TrainConfig fields
+               device=None, progress: bool = False):
+    """(ema_model, sde, config, trained) for ``run_dir``, training only when needed.
+
+    The run folder's model is reused when its config.json records the same dataset, data
+    options, network, SDE and training configuration; a run of the same configuration with
+    fewer steps is resumed; anything else is trained from scratch (overwriting the folder's
+    checkpoint). ``trained`` says whether training ran.
+    """
+    from .data import load_dataset
+    from .nets import build_model
+    from .pipeline import train_on_dataset
+    from .sde import make_sde
+    from .train import TrainConfig, load_run
+
+    run_dir = Path(run_dir)
+    model = {"arch": "unet", **(model or {})}
+    sde = sde or {"name": "vp"}
+    tr = load_dataset(dataset, root=data_root, **(data_options or {}))["train"]
+    c, h, _ = tr.shape
+    want_model = build_model({**model, "num_classes": len(tr.class_names), "in_channels": c, "image_size": h}).config
+    want_sde = make_sde(**sde).config()
+    want_train = asdict(TrainConfig.from_dict({"levels": tr.levels, **(train or {})}))
+    want_data = {"dataset": dataset, "options": data_options or {}}
+    resume = False
+    if (run_dir / "config.json").exists() and (run_dir / "checkpoint.pt").exists():
+        saved = json.loads((run_dir / "config.json").read_text())
+        same = (saved.get("model") == json.loads(json.dumps(want_model))
+                and saved.get("sde") == want_sde
+                and {k: saved.get("data", {}).get(k) for k in want_data} == want_data)
+        saved_train = saved.get("train", {})
+        rest = lambda d: {k: v for k, v in d.items() if k not in ("steps", "checkpoint_every")}
+        if same and rest(saved_train) == rest(want_train):
+            import torch
+            step = int(torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["step"])
+            if step == want_train["steps"]:
+                net, sde_obj, config = load_run(run_dir, device or "cpu")
+                return net, sde_obj, config, False
+            resume = step < want_train["steps"]
+    train_on_dataset(dataset, run_dir, data_root=data_root, data_options=data_options, model=model, sde=sde,
+                     train=train, resume=resume, device=device, progress=progress)
+    net, sde_obj, config = load_run(run_dir, device or "cpu")
+    return net, sde_obj, config, True
+
+
+def default_run_dir(dataset: str) -> Path:
+    """A notebook's run folder when its ``run_dir`` parameter is None:
+    ``$SGC_RUN_DIR/<dataset>``, else ``<system temp>/sgc-notebooks/<dataset>`` (shared by the
+    notebooks of one session, outside the repository)."""
+    import tempfile
+    base = os.environ.get("SGC_RUN_DIR") or Path(tempfile.gettempdir()) / "sgc-notebooks"
+    return Path(base) / dataset
+
+
+def environment_summary(device=None) -> dict:
+    """Versions and hardware a notebook ran with (printed in every notebook's first cells)."""
+    import platform
+    import numpy
+    import torch
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        sgc_version = version("sgc")
+    except PackageNotFoundError:
+        sgc_version = "not installed"
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return {"python": platform.python_version(), "platform": platform.platform(terse=True),
+            "sgc": sgc_version, "torch": torch.__version__, "numpy": numpy.__version__,
+            "device": str(dev), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "cpu_threads": torch.get_num_threads()}
