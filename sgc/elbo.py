@@ -170,6 +170,8 @@ def elbo_class_scores(model, sde: SDE, x: torch.Tensor, classes=None, *,
     mean = torch.nansum(vals, 2) / draws
     var = torch.nansum((vals - mean[..., None]) ** 2, 2) / (draws - 1).clamp_min(1)
     stderr = (var / draws).sqrt()
+    if eliminate and not alive.all():
+        mean, stderr = _paired_to_survivor(vals, mean, stderr, alive)
     prior = prior_term(sde, z0).cpu()
     logp = -(prior.double()[:, None] + mean) + dims * math.log(2.0)
     if not torch.isfinite(logp).all():
@@ -197,3 +199,28 @@ def _eliminated(vals: torch.Tensor, alive: torch.Tensor, z: float, min_classes: 
     rank = mean.argsort(1).argsort(1)
     drop &= rank >= min_classes
     return drop
+
+
+def _paired_to_survivor(vals, mean, stderr, alive):
+    """Re-express eliminated classes relative to the best survivor (which has every draw).
+
+    An eliminated class saw only the first draws; its own mean carries the noise those draws
+    share with every class, which the survivors averaged away with more draws. Its bound is
+    estimated as mean(best survivor, all draws) + mean(difference on the shared draws), so the
+    common noise cancels as it does between survivors; s.e. = sqrt(se_best^2 + se_diff^2).
+    """
+    mean, stderr = mean.clone(), stderr.clone()
+    ref = mean.masked_fill(~alive, float("inf")).argmin(1)
+    rows = torch.arange(len(ref))
+    for k in range(vals.shape[1]):
+        dead = ~alive[:, k]
+        if not dead.any():
+            continue
+        i = rows[dead]
+        diff = vals[i, k] - vals[i, ref[i]]          # NaN where class k had no draw
+        m = (~torch.isnan(diff)).sum(1)
+        dmean = torch.nansum(diff, 1) / m
+        dvar = torch.nansum((diff - dmean[:, None]) ** 2, 1) / (m - 1).clamp_min(1)
+        mean[i, k] = mean[i, ref[i]] + dmean
+        stderr[i, k] = (stderr[i, ref[i]] ** 2 + dvar / m).sqrt()
+    return mean, stderr
