@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _summary(m: dict) -> str:
     return (f"{m['dataset']} {m['split']} ({m['estimator']}): accuracy {m['accuracy']:.3f}, "
-            f"balanced accuracy {m['balanced_accuracy']:.3f}, AUC {m['auc_macro_ovr']:.3f}, "
+            f"balanced accuracy {m['balanced_accuracy']:.3f}, "
+            f"AUC {'n/a' if m['auc_macro_ovr'] is None else format(m['auc_macro_ovr'], '.3f')}, "
             f"{m['mean_bpd_true_class']:.3f} bits/dim, NFE {m['mean_nfe']:.0f}, "
             f"{m['seconds']:.0f} s")
 

@@ -1,0 +1,87 @@
+"""Bayes classification over class log-likelihoods, the estimator interface and the CLI."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gaussian import GaussianEps
+from sgc.classify import (ScoreClassifier, log_prior, posterior, read_scores_csv, save_scores_csv,
+                          score_images)
+from sgc.cli import main
+from sgc.sde import VPSDE
+
+
+def test_posterior_rows_sum_to_one_and_follow_bayes():
+    rng = np.random.default_rng(0)
+    ll = rng.normal(scale=50, size=(20, 4)) - 1000  # large magnitudes: must not overflow
+    prior = log_prior(4, [0.1, 0.2, 0.3, 0.4])
+    p = posterior(ll, prior)
+    assert np.allclose(p.sum(1), 1)
+    # ratios of posteriors = likelihood ratio x prior ratio
+    assert np.allclose(np.log(p[:, 1] / p[:, 0]), ll[:, 1] - ll[:, 0] + np.log(2))
+    with pytest.raises(ValueError, match="NaN"):
+        posterior(np.array([[0.0, np.nan]]))
+
+
+def test_priors():
+    assert np.allclose(np.exp(log_prior(3)), 1 / 3)
+    assert np.allclose(np.exp(log_prior(2, "empirical", [0, 0, 0, 1])), [0.75, 0.25])
+    with pytest.raises(ValueError, match="summing to 1"):
+        log_prior(2, [0.5, 0.6])
+
+
+def test_gaussian_classes_are_classified_by_likelihood(tmp_path):
+    # two classes with different spreads: the likelihood separates them by the radius of z
+    sde = VPSDE()
+    model = GaussianEps(sde, means=[0.0, 0.0], stds=[0.1, 0.6], image_size=2)
+    g = torch.Generator().manual_seed(0)
+    z = torch.cat([0.1 * torch.randn(10, 1, 2, 2, generator=g), 0.6 * torch.randn(10, 1, 2, 2, generator=g)])
+    x = ((z + 1) / 2).clamp(0, 1)
+    y = np.repeat([0, 1], 10)
+    scores = score_images(model, sde, x, batch_size=8, dequantize=False, progress=False, rtol=1e-4, atol=1e-4)
+    assert scores.log_lik.shape == (20, 2) and (scores.nfe > 0).all()
+    want = np.where(z.flatten(1).pow(2).sum(1).numpy() < 4 * np.log(6) / (1 / 0.01 - 1 / 0.36) * 2, 0, 1)
+    assert (posterior(scores.log_lik).argmax(1) == want).mean() >= 0.95
+    path = save_scores_csv(tmp_path / "s.csv", scores, [f"i{i}" for i in range(20)], y, ["a", "b"])
+    ids, labels, ll = read_scores_csv(path)
+    assert ids[0] == "i0" and np.array_equal(labels, y)
+    assert np.allclose(ll, scores.log_lik, atol=1e-5)
+
+
+def _two_blobs(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = 0.5 + torch.where(y[:, None, None, None] == 0, -0.25, 0.25) + 0.08 * torch.randn(n, 1, 2, 2, generator=g)
+    return x.clamp(0, 1).numpy(), y.numpy()
+
+
+def test_sklearn_estimator_end_to_end():
+    x, y = _two_blobs(400, 0)
+    x_test, y_test = _two_blobs(40, 1)
+    clf = ScoreClassifier(arch="mlp", model_options={"hidden": 64, "blocks": 1, "emb_dim": 32},
+                          train_options={"steps": 300, "batch_size": 64, "lr": 2e-3, "warmup": 20,
+                                         "dequantize": False},
+                          estimator_options={"rtol": 1e-3, "atol": 1e-3}, progress=False)
+    clf.fit(x, y)
+    p = clf.predict_proba(x_test)
+    assert p.shape == (40, 2) and np.allclose(p.sum(1), 1)
+    assert clf.score(x_test, y_test) >= 0.95
+    assert clf.scores_.log_lik.shape == (40, 2) and (clf.scores_.nfe > 0).all()
+    with pytest.raises(ValueError, match="shape"):
+        clf.predict(np.zeros((2, 1, 3, 3), np.float32))
+
+
+def test_cli_train_classify_and_errors(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--run-dir", str(run), "--arch", "mlp",
+                 "--model", "hidden=32", "blocks=1", "--train", "steps=5", "batch_size=8"]) == 0
+    assert main(["classify", "--run-dir", str(run), "--limit", "20", "--options", "rtol=1e-2", "atol=1e-2"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("accuracy", "balanced_accuracy", "auc_macro_ovr", "mean_bpd_true_class", "mean_nfe", "seconds"):
+        assert metrics[key] is None and key == "auc_macro_ovr" or np.isfinite(metrics[key]), key
+    assert "accuracy" in capsys.readouterr().out
+    assert main(["classify", "--run-dir", str(tmp_path / "missing")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["train", "--run-dir", str(run), "--train", "stepz=3"]) == 2
+    assert "stepz" in capsys.readouterr().err
