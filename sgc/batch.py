@@ -128,6 +128,19 @@ def _absolute_paths(params: dict) -> dict:
     return out
 
 
+def _first_line(path: Path, index: int) -> str:
+    """", starting `<first code line>`" of the failed cell (the one with an error output), or ""."""
+    try:
+        import nbformat
+        cells = nbformat.read(path, 4).cells
+        bad = [c for c in cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+        cell = bad[0] if bad else cells[index]
+        lines = [ln for ln in cell.source.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        return f", starting `{lines[0].strip()[:80]}`" if lines else ""
+    except Exception:  # the message must not fail because of the hint
+        return ""
+
+
 def _read_state(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -158,8 +171,10 @@ def run_batch(dataset: str = "digits", notebooks=None, params: dict | None = Non
     chosen = select_notebooks(notebooks, notebooks_dir)
     merged = {**load_params(dataset, params_dir), **(params or {})}
     run_folder = Path(out, dataset).resolve()
-    merged.setdefault("dataset", dataset)
-    merged.setdefault("run_dir", str(run_folder))
+    declared = set().union(*[set(notebook_parameters(nb)) for nb in chosen])
+    for key, value in (("dataset", dataset), ("run_dir", str(run_folder))):
+        if key in declared:
+            merged.setdefault(key, value)
     per_notebook = check_parameters(merged, chosen)
     per_notebook = {nb: _absolute_paths(p) for nb, p in per_notebook.items()}
     run_folder.mkdir(parents=True, exist_ok=True)
@@ -191,8 +206,9 @@ def run_batch(dataset: str = "digits", notebooks=None, params: dict | None = Non
                                        cwd=str(nb.parent), progress_bar=False, log_output=False)
         except PapermillExecutionError as err:
             os.replace(tmp, failed)
-            raise RuntimeError(f"notebook {nb.stem} failed in cell {err.cell_index} (execution count "
-                               f"{err.exec_count}): {err.ename}: {err.evalue}. The partial notebook is kept "
+            raise RuntimeError(f"notebook {nb.stem} failed in cell {err.cell_index} of the executed notebook "
+                               f"(execution count {err.exec_count}{_first_line(failed, err.cell_index)}): "
+                               f"{err.ename}: {err.evalue}. The partial notebook is kept "
                                f"at {failed}; after fixing, rerun with --resume to continue from {nb.stem}") from None
         except Exception as err:  # kernel died, notebook unreadable, ...
             if tmp.exists():

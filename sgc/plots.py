@@ -242,14 +242,32 @@ def reliability_diagram(table, ece: float | None = None):
     return fig
 
 
-def score_fields(panels: Sequence[dict], extent: tuple[float, float, float, float]):
+def score_fields(panels: Sequence[dict], extent: tuple[float, float, float, float],
+                 posterior: dict | None = None):
     """Figure 1: per class a density (filled contours) and its learned score field (arrows).
 
     panels: dicts with keys ``title``, ``density`` (G, G) on the grid spanning ``extent``
     (x0, x1, y0, y1), ``grid_xy`` (2, A, A) arrow positions, ``score`` (2, A, A) arrow vectors,
-    optional ``points`` (M, 2) samples and ``color``.
+    optional ``points`` (M, 2) samples and ``color``. posterior (optional, a last panel):
+    ``learned`` (G, G) p(y=1 | x) of the generative classifier, ``true`` (G, G) the exact one,
+    ``points`` (M, 2) and ``labels`` (M,).
     """
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.3), squeeze=False)
+    n = len(panels) + (posterior is not None)
+    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.3), squeeze=False)
+    if posterior is not None:
+        ax = axes[0, -1]
+        im = ax.imshow(posterior["learned"], extent=extent, origin="lower", cmap="RdBu_r", vmin=0, vmax=1)
+        ax.contour(posterior["learned"], levels=[0.5], extent=extent, origin="lower", colors="k")
+        if posterior.get("true") is not None:
+            ax.contour(posterior["true"], levels=[0.5], extent=extent, origin="lower", colors="k",
+                       linestyles="--")
+        if posterior.get("points") is not None:
+            pts, lab = np.asarray(posterior["points"]), np.asarray(posterior["labels"])
+            for c, color in ((0, "C0"), (1, "C3")):
+                ax.scatter(pts[lab == c, 0], pts[lab == c, 1], s=2, color=color, alpha=0.4, lw=0)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="p(y=1 | x)")
+        ax.set(xlim=extent[:2], ylim=extent[2:], aspect="equal", xticks=[], yticks=[],
+               title=posterior.get("title", "p(y=1|x): model vs exact (dashed)"))
     for ax, panel in zip(axes[0], panels):
         dens = np.asarray(panel["density"])
         ax.contourf(dens, levels=12, extent=extent, origin="lower", cmap=panel.get("cmap", "Blues"))

@@ -1,0 +1,123 @@
+"""sgc batch: parameter checks, parameter files, temporary names, failures, resume; ensure_run."""
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from sgc import batch
+from sgc.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+
+
+def test_misspelt_parameter_is_rejected_naming_it(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"'limt' \(did you mean 'limit'\?\)"):
+        batch.run_batch("digits", params={"limt": 3}, out=tmp_path)
+    assert not (tmp_path / "digits").exists() or not list((tmp_path / "digits").glob("*.ipynb"))
+    assert main(["batch", "--dataset", "digits", "--out", str(tmp_path), "-p", "trian={}"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown notebook parameter" in err and "'trian'" in err and "did you mean 'train'" in err
+
+
+def test_parameters_are_checked_against_the_selected_notebooks_only():
+    nbs = batch.select_notebooks(["05"])
+    with pytest.raises(ValueError, match="'limit'"):
+        batch.check_parameters({"limit": 3}, nbs)  # notebook 03's parameter, not 05's
+    split = batch.check_parameters({"toy_steps": 5}, nbs)
+    assert split == {nbs[0]: {"toy_steps": 5}}
+
+
+@pytest.mark.parametrize("path", sorted((NOTEBOOKS / "params").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_parameter_file_only_has_keys_the_notebooks_declare(path, monkeypatch):
+    monkeypatch.delenv("SGC_DATA", raising=False)
+    raw = yaml.safe_load(path.read_text())
+    assert isinstance(raw, dict) and raw, f"{path.name} must be a non-empty mapping"
+    known = set()
+    for nb in batch.list_notebooks():
+        known |= set(batch.notebook_parameters(nb))
+    assert set(raw) <= known, f"{path.name}: keys no notebook declares: {sorted(set(raw) - known)}"
+    batch.load_params(path.stem)  # environment variables expand (defaults present)
+
+
+def test_breastmnist_data_root_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv("SGC_DATA", raising=False)
+    assert batch.load_params("breastmnist")["data_root"] == "../shared/data/medmnist"
+    monkeypatch.setenv("SGC_DATA", "/data/medmnist")
+    assert batch.load_params("breastmnist")["data_root"] == "/data/medmnist"
+
+
+def test_expand_env(monkeypatch):
+    monkeypatch.setenv("SGC_X", "a")
+    monkeypatch.delenv("SGC_MISSING", raising=False)
+    assert batch.expand_env({"k": ["${SGC_X}/b", "${SGC_MISSING:-d}"], "n": 3}) == {"k": ["a/b", "d"], "n": 3}
+    with pytest.raises(ValueError, match="SGC_MISSING"):
+        batch.expand_env("${SGC_MISSING}")
+
+
+def test_select_notebooks():
+    assert [p.stem[:2] for p in batch.select_notebooks(["03", "01"])] == ["01", "03"]
+    assert batch.select_notebooks(["02_score_model_training"])[0].stem == "02_score_model_training"
+    with pytest.raises(ValueError, match="no notebook '09'"):
+        batch.select_notebooks(["09"])
+
+
+def _notebook(path, params_src, body):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell(params_src)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# test"), cell, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.mark.slow
+def test_failure_names_notebook_and_cell_keeps_it_and_resume_continues(tmp_path):
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    _notebook(nbdir / "01_first.ipynb", "run_dir = None\nvalue = 1",
+              "from pathlib import Path\nPath(run_dir, 'first.txt').write_text(str(value))")
+    _notebook(nbdir / "02_second.ipynb", "run_dir = None\nfail = True",
+              "from pathlib import Path\nassert not fail, 'told to fail'\nPath(run_dir, 'second.txt').write_text('ok')")
+    out = tmp_path / "runs"
+    with pytest.raises(RuntimeError) as info:
+        batch.run_batch("toy", out=out, notebooks_dir=nbdir, params_dir=tmp_path, log=lambda *_: None)
+    msg = str(info.value)
+    assert "02_second" in msg and "cell 3" in msg and "told to fail" in msg
+    assert "starting `from pathlib import Path`" in msg
+    run = out / "toy"
+    assert (run / "01_first.ipynb").exists() and (run / "first.txt").read_text() == "1"
+    assert (run / "02_second.failed.ipynb").exists() and not (run / "02_second.ipynb").exists()
+    assert not list(run.glob("*.running.ipynb"))
+    (run / "first.txt").unlink()
+    logs = []
+    done = batch.run_batch("toy", params={"fail": False}, out=out, notebooks_dir=nbdir, params_dir=tmp_path,
+                           resume=True, log=logs.append)
+    assert [p.name for p in done] == ["02_second.ipynb"]
+    assert not (run / "first.txt").exists(), "notebook 01 was done and must not rerun"
+    assert (run / "second.txt").read_text() == "ok" and not (run / "02_second.failed.ipynb").exists()
+    state = json.loads((run / "batch.json").read_text())
+    assert state["notebooks"]["02_second"]["parameters"]["fail"] is False
+    assert batch.run_batch("toy", params={"fail": False}, out=out, notebooks_dir=nbdir, params_dir=tmp_path,
+                           resume=True, log=logs.append) == []
+    executed = nbformat.read(run / "02_second.ipynb", 4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+
+
+def test_ensure_run_reuses_resumes_and_retrains(tmp_path):
+    import torch
+    torch.set_num_threads(1)
+    model = {"arch": "mlp", "hidden": 16, "blocks": 1, "emb_dim": 16}
+    train = {"steps": 4, "batch_size": 16, "warmup": 1, "checkpoint_every": 4, "log_every": 2}
+    run = tmp_path / "run"
+    _, _, cfg, trained = batch.ensure_run(run, "digits", model=model, train=train)
+    assert trained and cfg["train"]["steps"] == 4
+    _, _, _, trained = batch.ensure_run(run, "digits", model=model, train=train)
+    assert not trained
+    _, _, cfg, trained = batch.ensure_run(run, "digits", model=model, train={**train, "steps": 6})
+    assert trained and cfg["train"]["steps"] == 6
+    assert json.loads((run / "history.json").read_text())[-1]["step"] == 6
+    _, _, cfg, trained = batch.ensure_run(run, "digits", model={**model, "hidden": 8}, train=train)
+    assert trained and cfg["model"]["hidden"] == 8
