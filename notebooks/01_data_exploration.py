@@ -33,6 +33,7 @@ preprocess_example = "auto"   # DICOM/PGM mammogram to show the preprocessing on
 preprocess_size = 256         # output side of the preprocessing demonstration, pixels
 
 # %%
+# %matplotlib inline
 from pathlib import Path
 import os
 

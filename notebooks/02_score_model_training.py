@@ -40,6 +40,7 @@ ema_images = 100              # test images used to compare EMA and raw weights
 ema_draws = 16                # Monte-Carlo draws of the bound per image x class for that comparison
 
 # %%
+# %matplotlib inline
 import json
 from pathlib import Path
 

@@ -47,6 +47,7 @@ n_boot = 200                  # bootstrap resamples for the confidence intervals
 min_accuracy = 0.3            # sanity floor: the run fails below this accuracy
 
 # %%
+# %matplotlib inline
 import json
 from pathlib import Path
 

@@ -51,6 +51,7 @@ fraction_steps = 100          # training steps of each training-fraction model
 ablation_draws = 32           # draws of the bound used to score the ablation models
 
 # %%
+# %matplotlib inline
 from pathlib import Path
 
 import numpy as np

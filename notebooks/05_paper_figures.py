@@ -35,6 +35,7 @@ seed = 0                      # seeds the toy data and the toy model
 cpu_threads = 1               # torch threads on a CPU (None: torch default)
 
 # %%
+# %matplotlib inline
 import json
 from pathlib import Path
 
