@@ -17,6 +17,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 __all__ = ["ScoreUNet", "ScoreMLP", "build_model", "count_parameters"]
 
@@ -92,6 +93,7 @@ class ScoreUNet(nn.Module):
                  blocks_per_level: int = 1,        # residual blocks per level (down path)
                  emb_dim: int = 128,               # size of the time + class embedding
                  dropout: float = 0.0,             # dropout inside residual blocks
+                 checkpointing: bool = False,      # recompute ResBlocks in backward (less memory, ~30% slower)
                  ):
         super().__init__()
         if not 8 <= image_size <= 384:
@@ -100,8 +102,10 @@ class ScoreUNet(nn.Module):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
         self.config = dict(arch="unet", num_classes=num_classes, in_channels=in_channels,
                            image_size=image_size, channels=channels, channel_mults=list(channel_mults),
-                           blocks_per_level=blocks_per_level, emb_dim=emb_dim, dropout=dropout)
+                           blocks_per_level=blocks_per_level, emb_dim=emb_dim, dropout=dropout,
+                           checkpointing=bool(checkpointing))
         self.num_classes, self.in_channels, self.image_size = num_classes, in_channels, image_size
+        self.checkpointing = bool(checkpointing)
         self.multiple = 2 ** (len(channel_mults) - 1)
         self.cond = Conditioning(num_classes, emb_dim)
         self.stem = nn.Conv2d(in_channels, channels, 3, padding=1)
@@ -132,6 +136,12 @@ class ScoreUNet(nn.Module):
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
+    def _block(self, block, h, emb):
+        # gradient checkpointing only while training with gradients (not for likelihood VJPs)
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(block, h, emb, use_reentrant=False)
+        return block(h, emb)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         t, y = _check_inputs(self, x, t, y)
         emb = self.cond(t, y)
@@ -142,16 +152,16 @@ class ScoreUNet(nn.Module):
         hs = [h]
         for level, down in zip(self.down, self.downsample):
             for block in level:
-                h = block(h, emb)
+                h = self._block(block, h, emb)
                 hs.append(h)
             if not isinstance(down, nn.Identity):
                 h = down(h)
                 hs.append(h)
         for block in self.mid:
-            h = block(h, emb)
+            h = self._block(block, h, emb)
         for level, up in zip(self.up, self.upsample):
             for block in level:
-                h = block(torch.cat([h, hs.pop()], dim=1), emb)
+                h = self._block(block, torch.cat([h, hs.pop()], dim=1), emb)
             if not isinstance(up, nn.Identity):
                 h = up(F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return self.head(h)[..., :h0, :w0]

@@ -7,14 +7,27 @@ objective is the likelihood-weighted (g^2) DSM loss, which bounds the NLL.
 Training is resumable bit for bit on the same device: the checkpoint holds the weights, the
 EMA weights, the optimiser state, the step and the random-number state of the data and
 noise generator. Checkpoints are ``state_dict``s loaded with ``weights_only=True`` and a
-JSON config next to them; files are written to a temporary name and renamed.
+JSON config next to them (with the git revision, package versions and seeds); files are
+written to a temporary name and renamed, and a sha256 sidecar written last marks a
+checkpoint complete. The previous checkpoint is kept as ``checkpoint.prev.pt``.
+
+Multi-process (torchrun): DistributedDataParallel over ``sgc.distributed``; every rank draws
+the global batch from the same generator and trains on its slice, so N processes reproduce
+one. SIGTERM / SIGINT write a checkpoint at the end of the current step and stop.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
+import importlib.metadata
 import json
 import math
 import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -23,11 +36,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .sde import SDE, TimeSampler, make_sde
 from .nets import build_model
 
-__all__ = ["TrainConfig", "train_score_model", "save_checkpoint", "load_checkpoint",
-           "load_run", "atomic_torch_save", "atomic_write_text"]
+__all__ = ["TrainConfig", "train_score_model", "save_checkpoint", "load_checkpoint", "find_checkpoint",
+           "load_run", "atomic_torch_save", "atomic_write_text", "sha256_file", "run_provenance",
+           "TrainingInterrupted", "CHECKPOINT", "PREVIOUS"]
+
+CHECKPOINT = "checkpoint.pt"       # the newest checkpoint of a run folder
+PREVIOUS = "checkpoint.prev.pt"    # the one before, the fallback when the newest is damaged
 
 
 @dataclass
@@ -67,32 +85,58 @@ def atomic_write_text(path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def atomic_torch_save(obj, path) -> None:
+def _fsync(path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def sha256_file(path, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_torch_save(obj, path) -> str:
+    """torch.save to a temporary name, fsync, rename; returns the file's sha256."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
+    _fsync(tmp)
+    digest = sha256_file(tmp)
     os.replace(tmp, path)
+    return digest
 
 
 def _lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
 
 
-def _batch(images, labels, cfg, gen, device):
-    """Draw a training batch (indices, flips, dequantization) from ``gen``; model space [-1, 1]."""
-    n = images.shape[0]
-    idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
+def _draw(images, labels, cfg: TrainConfig, sampler: TimeSampler, gen, part: slice):
+    """One step's random draws for the GLOBAL batch from ``gen``, cut to this rank's ``part``.
+
+    Every rank draws the same global batch (indices, dequantization, flips, t, noise, in that
+    order), so N processes with the same global batch see exactly the batch of one process.
+    Returns CPU tensors (x0 in model space [-1, 1], y, t, noise) for the rows of ``part``.
+    """
+    b = cfg.batch_size
+    shape = (b, *images.shape[1:])
+    idx = torch.randint(0, images.shape[0], (b,), generator=gen)
+    u = torch.rand(shape, generator=gen) if cfg.dequantize else None
+    hflip = torch.rand(b, generator=gen) < 0.5 if cfg.hflip else None
+    vflip = torch.rand(b, generator=gen) < 0.5 if cfg.vflip else None
+    t, _ = sampler.sample(b, generator=gen)
+    noise = torch.randn(shape, generator=gen)
+    idx = idx[part]
     x = images[idx]
-    if cfg.dequantize:
-        u = torch.rand(x.shape, generator=gen)
-        x = (torch.round(x * (cfg.levels - 1)) + u) / cfg.levels
-    if cfg.hflip:
-        flip = torch.rand(len(x), generator=gen) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    if cfg.vflip:
-        flip = torch.rand(len(x), generator=gen) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-2), x)
-    return (2 * x - 1).to(device), labels[idx].to(device)
+    if u is not None:
+        x = (torch.round(x * (cfg.levels - 1)) + u[part]) / cfg.levels
+    if hflip is not None:
+        x = torch.where(hflip[part][:, None, None, None], x.flip(-1), x)
+    if vflip is not None:
+        x = torch.where(vflip[part][:, None, None, None], x.flip(-2), x)
+    return 2 * x - 1, labels[idx], t[part], noise[part]
 
 
 def dsm_loss(model, sde: SDE, sampler: TimeSampler, x0, y, gen) -> torch.Tensor:
@@ -111,33 +155,146 @@ def _ema_update(ema, model, decay):
         be.copy_(bm)
 
 
-def save_checkpoint(run_dir, model, ema, opt, step, gen, history, meta) -> None:
-    """Write config.json and checkpoint.pt (atomic) into run_dir."""
+# --- checkpoints: checkpoint.pt (newest) and checkpoint.prev.pt (the one before), each
+# verified by a sha256 sidecar written after the file ("<digest>  <name>", sha256sum -c format).
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def save_checkpoint(run_dir, model, ema, opt, step, gen, history, meta, running=None) -> Path:
+    """Write config.json and checkpoint.pt into run_dir; the former checkpoint.pt becomes
+    checkpoint.prev.pt. Every file is written under a temporary name and renamed, and the
+    checksum sidecar is written last, so a crash at any point leaves a complete checkpoint."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(meta, indent=2))
-    atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                       "step": step, "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                       "history": json.dumps(history)}, run_dir / "checkpoint.pt")
+    state = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+             "step": step, "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+             "history": json.dumps(history), "running": json.dumps(list(running or []))}
+    tmp = run_dir / (CHECKPOINT + ".new")
+    digest = atomic_torch_save(state, tmp)
+    ckpt, prev = run_dir / CHECKPOINT, run_dir / PREVIOUS
+    if ckpt.exists():
+        os.replace(ckpt, prev)
+        if _sidecar(ckpt).exists():
+            os.replace(_sidecar(ckpt), _sidecar(prev))
+    os.replace(tmp, ckpt)
+    atomic_write_text(_sidecar(ckpt), f"{digest}  {CHECKPOINT}\n")
+    return ckpt
+
+
+def _say(msg: str) -> None:
+    prefix = f"[rank {distributed.rank()}] " if distributed.is_active() else ""
+    print(f"sgc: {prefix}{msg}", file=sys.stderr, flush=True)
+
+
+def find_checkpoint(run_dir) -> Path | None:
+    """The newest complete checkpoint of run_dir (checkpoint.pt, else checkpoint.prev.pt), or None.
+
+    A file counts as complete when its sha256 is one recorded in a sidecar (any of the two:
+    a crash between the renames of ``save_checkpoint`` can leave a file beside the other's
+    sidecar). A file that fails the check is skipped with a message. Runs written before
+    sidecars existed (no sidecar at all) are accepted unverified.
+    """
+    run_dir = Path(run_dir)
+    files = [p for p in (run_dir / CHECKPOINT, run_dir / PREVIOUS) if p.exists()]
+    sidecars = [s for s in (_sidecar(run_dir / CHECKPOINT), _sidecar(run_dir / PREVIOUS)) if s.exists()]
+    if not sidecars:
+        return files[0] if files else None
+    known = {s.read_text().split()[0] for s in sidecars if s.read_text().split()}
+    for p in files:
+        if sha256_file(p) in known:
+            return p
+        _say(f"skipping {p}: its sha256 matches no checksum sidecar (a partial or corrupt write); "
+             f"trying the previous checkpoint")
+    return None
 
 
 def load_checkpoint(run_dir, map_location="cpu") -> tuple[dict, dict]:
-    """(config, checkpoint) from run_dir; weights only, never unpickled code."""
+    """(config, checkpoint) of the newest complete checkpoint in run_dir; weights only, never
+    unpickled code."""
     run_dir = Path(run_dir)
-    cfg_path, ckpt_path = run_dir / "config.json", run_dir / "checkpoint.pt"
-    for p in (cfg_path, ckpt_path):
-        if not p.exists():
+    cfg_path = run_dir / "config.json"
+    for p in (cfg_path, run_dir / CHECKPOINT):
+        if not p.exists() and not (p.name == CHECKPOINT and (run_dir / PREVIOUS).exists()):
             raise FileNotFoundError(f"{p} not found: train a model into {run_dir} first (sgc train --run-dir ...)")
     try:
         config = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{cfg_path} is not valid JSON ({err}); the run folder is damaged") from None
+    ckpt_path = find_checkpoint(run_dir)
+    if ckpt_path is None:
+        raise ValueError(f"no complete checkpoint in {run_dir}: {CHECKPOINT} (and {PREVIOUS}, if any) fail "
+                         f"their sha256 check. Delete them and retrain, or point --run-dir at a complete run")
     try:
         ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated or foreign file
         raise ValueError(f"cannot read checkpoint {ckpt_path}: {err}. Delete it and retrain, "
                          f"or point --run-dir at a complete run") from None
     return config, ckpt
+
+
+def run_provenance(seed: int) -> dict:
+    """Git revision, package versions, host and seeds of this process, for config.json."""
+    def git(*args):
+        try:
+            r = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True,
+                               text=True, timeout=10)
+            return r.stdout.strip() if r.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            return None
+    packages = {}
+    for name in ("sgc", "torch", "torchdiffeq", "numpy", "scipy", "scikit-learn"):
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            packages[name] = None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_revision": git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
+            "packages": packages, "python": platform.python_version(), "cuda": torch.version.cuda,
+            "host": platform.node(), "world_size": distributed.world_size(),
+            "seeds": {"seed": seed, "batch_and_noise_generator": seed,
+                      "torch_manual_seed": "seed + rank (dropout only)"},
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM/SIGINT stopped training; a checkpoint was written (rerun with resume)."""
+
+    def __init__(self, step: int, signum: int, run_dir):
+        self.step, self.signum, self.run_dir = step, signum, run_dir
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint written to "
+                         f"{run_dir}; continue with --resume")
+
+
+class _StopOnSignal:
+    """Turns SIGTERM/SIGINT into a flag checked once per step (a second SIGINT interrupts at once)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signum, self._old = None, {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        if self.enabled:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _same_model(a: dict | None, b: dict | None) -> bool:
+    """Model configs equal up to options that do not change the weights (checkpointing)."""
+    strip = lambda c: {k: v for k, v in (c or {}).items() if k != "checkpointing"}  # noqa: E731
+    return strip(a) == strip(b)
 
 
 def load_run(run_dir, device="cpu", use_ema: bool = True):
@@ -159,11 +316,18 @@ def train_score_model(model, sde: SDE, images, labels, config: TrainConfig | dic
 
     Returns (model, ema_model, history) where history is a list of dicts (step, loss, lr,
     seconds). With ``run_dir``, checkpoints go there every ``checkpoint_every`` steps and at
-    the end; ``resume=True`` continues from run_dir/checkpoint.pt to the same result as an
-    uninterrupted run. ``stop_after`` ends early after that many steps (for tests of resuming).
+    the end; ``resume=True`` continues from the newest complete checkpoint to the same result
+    as an uninterrupted run. ``stop_after`` ends early after that many steps (for tests).
+
+    Under torch.distributed (``sgc.distributed.init_from_env``, e.g. started by torchrun) the
+    model is wrapped in DistributedDataParallel and each of the N ranks trains on its
+    batch_size / N rows of the same global batch, so the result equals one process with the
+    same batch_size up to floating-point summation order. Rank 0 writes the checkpoints.
+    With a run_dir, SIGTERM or SIGINT finish the current step, write a checkpoint and raise
+    ``TrainingInterrupted``.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = distributed.default_device(device)
     images = torch.as_tensor(np.asarray(images), dtype=torch.float32)
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     from .likelihood import validate_images
@@ -175,18 +339,22 @@ def train_score_model(model, sde: SDE, images, labels, config: TrainConfig | dic
     missing = sorted(set(range(model.num_classes)) - set(labels.tolist()))
     if missing:
         raise ValueError(f"classes {missing} have no training images; a class-conditional model needs every class")
+    rank, world = distributed.rank(), distributed.world_size()
+    part = distributed.batch_slice(cfg.batch_size, rank, world)
+    main = rank == 0
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + rank)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = model.to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = TimeSampler(sde, cfg.weighting, cfg.eps)
-    meta = {"model": model.config, "sde": sde.config(), "train": asdict(cfg), **(extra_meta or {})}
-    step, history = 0, []
-    if resume and run_dir is not None and (Path(run_dir) / "checkpoint.pt").exists():
+    meta = {"model": model.config, "sde": sde.config(), "train": asdict(cfg), **(extra_meta or {}),
+            "provenance": run_provenance(cfg.seed)}
+    step, history, running = 0, [], []
+    if resume and run_dir is not None and find_checkpoint(run_dir) is not None:
         saved, ckpt = load_checkpoint(run_dir)
-        if saved.get("model") != meta["model"] or saved.get("sde") != meta["sde"]:
+        if not _same_model(saved.get("model"), meta["model"]) or saved.get("sde") != meta["sde"]:
             raise ValueError(f"checkpoint in {run_dir} was trained with model={saved.get('model')}, "
                              f"sde={saved.get('sde')}, not the requested model={meta['model']}, sde={meta['sde']}; "
                              f"use another --run-dir or drop --resume")
@@ -194,38 +362,68 @@ def train_score_model(model, sde: SDE, images, labels, config: TrainConfig | dic
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
         step, history = int(ckpt["step"]), json.loads(ckpt["history"])
+        running = json.loads(ckpt.get("running", "[]"))
         gen.set_state(ckpt["generator"])
-        torch.set_rng_state(ckpt["torch_rng"])
+        if rank == 0:
+            torch.set_rng_state(ckpt["torch_rng"])
+        if main:
+            _say(f"resuming {run_dir} from step {step}")
+    elif resume and run_dir is not None and any((Path(run_dir) / f).exists() for f in (CHECKPOINT, PREVIOUS)):
+        raise ValueError(f"--resume: no complete checkpoint in {run_dir} (every checkpoint fails its sha256 "
+                         f"check); delete them to start over")
 
+    # DDP broadcasts rank 0's weights at construction and averages gradients in backward.
+    net = model
+    if distributed.is_active():
+        from torch.nn.parallel import DistributedDataParallel
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     use_amp = cfg.amp and device.type == "cuda"
     last = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train", unit="step")
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and main), desc="train", unit="step")
     model.train()
-    t0, running = time.perf_counter(), []
-    while step < last:
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg)
-        x0, y = _batch(images, labels, cfg, gen, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss = dsm_loss(model, sde, sampler, x0, y, gen)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower lr "
-                                     f"(now {cfg.lr}) or enable grad_clip")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        step += 1
-        _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
-        running.append(loss.item())
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            history.append({"step": step, "loss": float(np.mean(running)), "lr": _lr_at(step - 1, cfg),
-                            "seconds": time.perf_counter() - t0})
-            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
-            running = []
-        bar.update(1)
-        if run_dir is not None and (step % cfg.checkpoint_every == 0 or step == last):
-            save_checkpoint(run_dir, model, ema, opt, step, gen, history, meta)
+    t0 = time.perf_counter()
+
+    def checkpoint():
+        if run_dir is not None and main:
+            save_checkpoint(run_dir, model, ema, opt, step, gen, history, meta, running)
+        distributed.barrier()
+
+    with _StopOnSignal(run_dir is not None) as stop:
+        while step < last:
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, cfg)
+            x0, y, t, noise = (v.to(device) for v in _draw(images, labels, cfg, sampler, gen, part))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                eps_hat = net(sde.perturb(x0, t, noise), t, y)
+            loss = (eps_hat.float() - noise).pow(2).mean()
+            # one small all-reduce: the global loss (logs, NaN check) and whether any rank was signalled
+            stats = distributed.all_reduce_sum(torch.stack([loss.detach().float(), torch.tensor(
+                float(stop.signum is not None), device=device)]))
+            global_loss, stop_now = float(stats[0]) / world, bool(stats[1] > 0)
+            if not math.isfinite(global_loss):
+                raise FloatingPointError(f"training loss became {global_loss} at step {step}; lower lr "
+                                         f"(now {cfg.lr}) or enable grad_clip")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+            running.append(global_loss)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                history.append({"step": step, "loss": float(np.mean(running)), "lr": _lr_at(step - 1, cfg),
+                                "seconds": time.perf_counter() - t0})
+                bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+                running = []
+            bar.update(1)
+            if run_dir is not None and (step % cfg.checkpoint_every == 0 or step == last):
+                checkpoint()
+            elif stop_now and run_dir is not None:
+                checkpoint()
+            if stop_now and step < last:
+                bar.close()
+                raise TrainingInterrupted(step, stop.signum or signal.SIGTERM, run_dir)
     bar.close()
+    distributed.barrier()
     return model, ema, history
