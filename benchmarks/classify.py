@@ -8,7 +8,7 @@ macro for K > 2), top-1 agreement and mean Spearman rank correlation of the clas
 the reference. Prints a table and writes JSON.
 
     python benchmarks/classify.py                                  # CPU, digits 8x8, ScoreMLP
-    python benchmarks/classify.py --dataset breastmnist --data-root ../shared/medmnist --arch unet --size 32
+    python benchmarks/classify.py --dataset breastmnist --data-root ../shared/data/medmnist --size 28 --images 0
 """
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ from sgc.classify import posterior, score_images  # noqa: E402
 
 def _auc(labels, post):
     k = post.shape[1]
+    if len(np.unique(labels)) < k:
+        return float("nan")  # a class without test images: AUC undefined
     if k == 2:
         return float(roc_auc_score(labels, post[:, 1]))
     return float(roc_auc_score(labels, post, multi_class="ovr", labels=list(range(k))))
@@ -75,20 +77,17 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    if args.dataset == "digits":
-        model, sde, splits, train_s = prepare_model(args.run_dir, args.arch, args.size, args.train_steps,
-                                                    device, args.seed)
-    else:
-        from sgc.data import load_dataset
-        from sgc.train import load_run
-        if args.run_dir is None or not (Path(args.run_dir) / "checkpoint.pt").exists():
-            raise SystemExit(f"--dataset {args.dataset} needs --run-dir with a trained model")
-        model, sde, _ = load_run(args.run_dir, device)
-        splits, train_s = load_dataset(args.dataset, root=args.data_root, size=args.size), 0.0
+    model, sde, splits, train_s = prepare_model(args.run_dir, args.arch, args.size, args.train_steps,
+                                                device, args.seed, args.dataset, args.data_root)
     model = model.to(device).eval()
     test = splits["test"]
     n = len(test) if args.images <= 0 else min(args.images, len(test))
-    x, y = test.images[:n], test.labels[:n]
+    # a class-balanced subset: round-robin over classes in test-set order (every class present)
+    rank = np.zeros(len(test), dtype=int)
+    for c in np.unique(test.labels):
+        rank[test.labels == c] = np.arange((test.labels == c).sum())
+    idx = np.sort(np.argsort(rank, kind="stable")[:n])
+    x, y = test.images[idx], test.labels[idx]
 
     results, ref = [], None
     for name, est, opts in estimators(args.draws):

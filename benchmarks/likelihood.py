@@ -36,27 +36,29 @@ sys.path.insert(0, str(REPO))
 from sgc.likelihood import log_likelihood, ode_drift  # noqa: E402
 
 
-def prepare_model(run_dir=None, arch="mlp", size=8, steps=600, device="cpu", seed=0):
+def prepare_model(run_dir=None, arch="mlp", size=8, steps=600, device="cpu", seed=0,
+                  dataset="digits", root=None):
     """(model, sde, data splits, seconds spent training) for the benchmarks.
 
     Loads ``run_dir`` when it holds a checkpoint, else trains a small class-conditional
-    model on digits (likelihood weighting) and, given ``run_dir``, saves it there.
+    model on ``dataset`` (likelihood weighting) and, given ``run_dir``, saves it there.
     """
     from sgc.data import load_dataset
     from sgc.nets import ScoreMLP, ScoreUNet
     from sgc.sde import VPSDE
     from sgc.train import load_run, train_score_model
-    splits = load_dataset("digits", size=size)
+    splits = load_dataset(dataset, root=root, size=size)
     if run_dir is not None and (Path(run_dir) / "checkpoint.pt").exists():
         model, sde, _ = load_run(run_dir, device)
         return model, sde, splits, 0.0
     torch.manual_seed(seed)
-    if arch == "mlp":
-        model = ScoreMLP(num_classes=10, image_size=size, hidden=256, blocks=2, emb_dim=64)
-    else:
-        model = ScoreUNet(num_classes=10, image_size=size, channels=32, channel_mults=(1, 2, 2))
-    sde = VPSDE()
     tr = splits["train"]
+    k, c = len(tr.class_names), tr.images.shape[1]
+    if arch == "mlp":
+        model = ScoreMLP(num_classes=k, in_channels=c, image_size=size, hidden=256, blocks=2, emb_dim=64)
+    else:
+        model = ScoreUNet(num_classes=k, in_channels=c, image_size=size, channels=32, channel_mults=(1, 2, 2))
+    sde = VPSDE()
     cfg = dict(steps=steps, batch_size=128, lr=1e-3, warmup=50, weighting="likelihood",
                levels=tr.levels, seed=seed, checkpoint_every=max(steps, 1))
     start = time.perf_counter()
