@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sde", default="vp", choices=["vp", "subvp", "ve"])
     p.add_argument("--train", nargs="*", metavar="KEY=VALUE",
                    help="TrainConfig fields, e.g. steps=8000 batch_size=128 weighting=likelihood")
-    p.add_argument("--resume", action="store_true", help="continue from run-dir/checkpoint.pt")
-    p.add_argument("--device", default=None)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest complete checkpoint in run-dir (checkpoint.pt, else checkpoint.prev.pt)")
+    p.add_argument("--device", default=None, help="cpu, cuda (under torchrun: this rank's GPU)")
 
     p = sub.add_parser("classify", help="per-class log-likelihoods, posteriors and metrics for a split")
     p.add_argument("--run-dir", required=True)
@@ -85,20 +86,23 @@ def _summary(m: dict) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from . import pipeline
+    from . import distributed, pipeline
+    from .train import TrainingInterrupted
     try:
         if args.command == "train":
             pipeline.train_on_dataset(args.dataset, args.run_dir, data_root=args.data_root,
                                       data_options=_kv(args.data), model={"arch": args.arch, **_kv(args.model)},
                                       sde={"name": args.sde}, train=_kv(args.train), resume=args.resume,
                                       device=args.device)
-            print(f"trained: {args.run_dir}")
+            if distributed.is_main():
+                print(f"trained: {args.run_dir}")
         elif args.command == "classify":
             m = pipeline.evaluate_run(args.run_dir, split=args.split, estimator=args.estimator,
                                       estimator_options=_kv(args.options), prior=args.prior,
                                       batch_size=args.batch_size, limit=args.limit,
                                       data_root=args.data_root, device=args.device)
-            print(_summary(m))
+            if distributed.is_main():
+                print(_summary(m))
         elif args.command == "demo":
             train = dict(pipeline.DEMO_TRAIN)
             if args.steps:
@@ -114,6 +118,10 @@ def main(argv=None) -> int:
             from .batch import run_batch
             run_batch(args.dataset, notebooks=args.notebooks, params=_kv(args.param), out=args.out,
                       resume=args.resume)
+    except TrainingInterrupted as err:  # SIGTERM / SIGINT: checkpoint written, exit 128 + signal
+        if distributed.is_main():
+            print(f"sgc {args.command}: {err}", file=sys.stderr)
+        return 128 + int(err.signum)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"sgc {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ process (rank 0 of 1), so library code calls these helpers unconditionally.
 """
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -61,6 +62,7 @@ def init_from_env(backend: str | None = None) -> DistInfo:
         torch.cuda.set_device(local_rank)
     timeout = timedelta(minutes=float(os.environ.get("SGC_DIST_TIMEOUT_MIN", DEFAULT_TIMEOUT_MIN)))
     dist.init_process_group(backend, init_method="env://", timeout=timeout)
+    atexit.register(cleanup)  # one group per process, reused by every call, destroyed at exit
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, backend)
 
 

@@ -5,22 +5,32 @@ A run folder holds everything one model needs and produces:
 ``scores_<split>_<estimator>.csv`` (log p(x|y) per image x class) and
 ``metrics_<split>_<estimator>.json``; ``metrics.json`` is the latest evaluation.
 The CLI, the demo and the notebooks all call these two functions.
+
+Under torchrun both are distributed (``sgc.distributed``): training by DDP, evaluation by
+chunks of ``batch_size`` images spread over the ranks, each chunk saved to
+``parts/scores_<split>_<estimator>/chunk_<first index>.npz`` as soon as it is done (a rerun
+skips finished chunks, whatever the number of processes). Only rank 0 writes the run files.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import platform
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from .classify import log_prior, posterior, save_scores_csv, score_images
+from . import distributed
+from .classify import ClassScores, log_prior, posterior, save_scores_csv, score_images
 from .data import load_dataset
 from .nets import build_model, count_parameters
 from .sde import make_sde
-from .train import TrainConfig, atomic_write_text, load_run, train_score_model
+from .train import TrainConfig, atomic_write_text, find_checkpoint, load_run, sha256_file, train_score_model
 
 __all__ = ["train_on_dataset", "evaluate_run", "DEMO_MODEL", "DEMO_TRAIN"]
 
@@ -31,7 +41,13 @@ DEMO_TRAIN = {"steps": 6000, "batch_size": 256, "lr": 1e-3, "warmup": 200, "weig
 
 
 def _load(dataset, data_root, data_options):
-    return load_dataset(dataset, root=data_root, **(data_options or {}))
+    # rank 0 first, so that a cache it builds is complete before the other ranks read it
+    if not distributed.is_main():
+        distributed.barrier()
+    splits = load_dataset(dataset, root=data_root, **(data_options or {}))
+    if distributed.is_main():
+        distributed.barrier()
+    return splits
 
 
 def train_on_dataset(dataset: str = "digits", run_dir="reports/runs/digits", *,
@@ -43,16 +59,19 @@ def train_on_dataset(dataset: str = "digits", run_dir="reports/runs/digits", *,
                      resume: bool = False, device=None, progress: bool = True):
     """Train the class-conditional score model of ``dataset`` into ``run_dir``.
 
-    Returns (ema_model, history). ``model`` defaults to a UNet sized to the data.
+    Returns (ema_model, history). ``model`` defaults to a UNet sized to the data. Under
+    torchrun (WORLD_SIZE > 1) this trains with DDP; ``train["batch_size"]`` is the global batch.
     """
+    distributed.init_from_env()
     splits = _load(dataset, data_root, data_options)
     tr = splits["train"]
     c, h, _ = tr.shape
     mcfg = {"arch": "unet", **(model or {})}
     mcfg.update(num_classes=len(tr.class_names), in_channels=c, image_size=h)
+    tcfg = TrainConfig.from_dict({"levels": tr.levels, **(train or {})})
+    torch.manual_seed(tcfg.seed)  # the initial weights follow the seed too
     net = build_model(mcfg)
     sde_obj = make_sde(**(sde or {"name": "vp"}))
-    tcfg = TrainConfig.from_dict({"levels": tr.levels, **(train or {})})
     meta = {"data": {"dataset": dataset, "root": None if data_root is None else str(data_root),
                      "options": data_options or {}, "class_names": list(tr.class_names),
                      "levels": tr.levels, "shape": list(tr.shape), "n_train": len(tr),
@@ -62,9 +81,62 @@ def train_on_dataset(dataset: str = "digits", run_dir="reports/runs/digits", *,
     _, ema, history = train_score_model(net, sde_obj, tr.images, tr.labels, tcfg, run_dir=run_dir,
                                         resume=resume, device=device, progress=progress, extra_meta=meta)
     run_dir = Path(run_dir)
-    atomic_write_text(run_dir / "history.json", json.dumps(history, indent=1))
-    atomic_write_text(run_dir / "train_seconds.txt", f"{time.perf_counter() - start:.1f}\n")
+    if distributed.is_main():
+        atomic_write_text(run_dir / "history.json", json.dumps(history, indent=1))
+        atomic_write_text(run_dir / "train_seconds.txt", f"{time.perf_counter() - start:.1f}\n")
     return ema, history
+
+
+def _chunk_seed(seed: int, start: int) -> int:
+    """The seed of the chunk starting at image ``start``: independent of rank and world size."""
+    return int(np.random.SeedSequence([seed, start]).generate_state(1)[0])
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def _score_sharded(model, sde, images, parts: Path, key: dict, *, estimator, batch_size, seed,
+                   progress, **kwargs) -> ClassScores | None:
+    """score_images over chunks of ``batch_size`` images, chunk i on rank i mod world size.
+
+    Each finished chunk is saved to ``parts`` (atomic), and chunks already there are skipped,
+    so a rank that died leaves its work resumable. ``key`` (model checksum, estimator, options,
+    seeds, images) is stored in parts/key.json; parts of another key are discarded. Returns
+    the scores of all images in input order on rank 0, None on the other ranks.
+    """
+    if distributed.is_main():
+        key_file = parts / "key.json"
+        if parts.exists() and (not key_file.exists() or json.loads(key_file.read_text()) != key):
+            shutil.rmtree(parts)  # parts of another model, estimator or image set
+        parts.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(key_file, json.dumps(key, indent=1))
+    distributed.barrier()
+    n = images.shape[0]
+    mine = distributed.shard_chunks(n, batch_size)
+    with tqdm(total=sum(len(r) for r in mine), disable=not (progress and distributed.is_main()),
+              desc=f"classify ({estimator}, rank 0 of {distributed.world_size()})", unit="img") as bar:
+        for r in mine:
+            path = parts / f"chunk_{r.start:09d}.npz"
+            if not path.exists():
+                s = score_images(model, sde, images[r.start:r.stop], estimator=estimator, batch_size=len(r),
+                                 seed=_chunk_seed(seed, r.start), progress=False, **kwargs)
+                _save_npz(path, log_lik=s.log_lik, bpd=s.bpd, nfe=s.nfe, seconds=np.float64(s.seconds),
+                          **{f"extra_{k}": np.asarray(v) for k, v in s.extra.items()})
+            bar.update(len(r))
+    distributed.barrier()
+    if not distributed.is_main():
+        return None
+    chunks = []
+    for start in range(0, n, batch_size):
+        with np.load(parts / f"chunk_{start:09d}.npz") as z:
+            chunks.append({k: z[k] for k in z.files})
+    extra = {k[6:]: np.concatenate([c[k] for c in chunks]) for k in chunks[0] if k.startswith("extra_")}
+    return ClassScores(*(np.concatenate([c[k] for c in chunks]) for k in ("log_lik", "bpd", "nfe")),
+                       float(sum(c["seconds"] for c in chunks)), estimator, extra)
 
 
 def evaluate_run(run_dir="reports/runs/digits", *, split: str = "test",
@@ -76,11 +148,16 @@ def evaluate_run(run_dir="reports/runs/digits", *, split: str = "test",
     """Classify one split with the run's EMA model; write scores CSV and metrics JSON.
 
     Returns the metrics dict (accuracy, balanced accuracy, macro one-vs-rest AUC, ...,
-    mean bits/dim of the true class, mean NFE, seconds).
+    mean bits/dim of the true class, mean NFE, seconds). Images are scored in chunks of
+    ``batch_size``, each with its own seed derived from ``seed``, so the scores do not depend
+    on the number of processes; under torchrun the chunks are shared among the ranks and
+    every rank returns rank 0's metrics.
     """
     from .metrics import summary_metrics
+    distributed.init_from_env()
+    wall = time.perf_counter()
     run_dir = Path(run_dir)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = distributed.default_device(device)
     model, sde, config = load_run(run_dir, device)
     data = config["data"]
     splits = _load(data["dataset"], data_root if data_root is not None else data["root"], data["options"])
@@ -89,13 +166,20 @@ def evaluate_run(run_dir="reports/runs/digits", *, split: str = "test",
     ds = splits[split]
     if limit is not None:
         ds = ds.subset(np.arange(min(limit, len(ds))))
-    scores = score_images(model, sde, ds.images, estimator=estimator, batch_size=batch_size,
-                          levels=data["levels"], dequantize=config["train"].get("dequantize", True),
-                          seed=seed, progress=progress, **(estimator_options or {}))
+    tag = f"{split}_{estimator}"
+    dequantize = config["train"].get("dequantize", True)
+    key = {"checkpoint_sha256": sha256_file(find_checkpoint(run_dir)), "split": split, "estimator": estimator,
+           "options": json.loads(json.dumps(estimator_options or {}, default=str)), "batch_size": batch_size,
+           "seed": seed, "levels": data["levels"], "dequantize": dequantize, "n": len(ds),
+           "ids_sha256": hashlib.sha256("\n".join(map(str, ds.ids)).encode()).hexdigest()}
+    scores = _score_sharded(model, sde, ds.images, run_dir / "parts" / f"scores_{tag}", key, estimator=estimator,
+                            batch_size=batch_size, seed=seed, progress=progress, levels=data["levels"],
+                            dequantize=dequantize, **(estimator_options or {}))
+    if scores is None:  # not rank 0: rank 0 merges, writes and tells the metrics
+        return distributed.broadcast_object(None)
     k = len(data["class_names"])
     counts = np.repeat(np.arange(k), data["train_counts"])
     post = posterior(scores.log_lik, log_prior(k, prior, counts))
-    tag = f"{split}_{estimator}"
     save_scores_csv(run_dir / f"scores_{tag}.csv", scores, ds.ids, ds.labels, data["class_names"], post)
     present = np.unique(ds.labels)
     if len(present) == k:
@@ -115,6 +199,7 @@ def evaluate_run(run_dir="reports/runs/digits", *, split: str = "test",
         "seconds_classify": scores.seconds,
         "seconds_per_image": scores.seconds / len(ds),
         "seconds_train": float(train_seconds.read_text()) if train_seconds.exists() else None,
+        "seconds_wall": time.perf_counter() - wall, "world_size": distributed.world_size(),
         "device": str(device), "parameters": config.get("parameters"),
         "train_steps": config["train"]["steps"],
     })
@@ -122,4 +207,4 @@ def evaluate_run(run_dir="reports/runs/digits", *, split: str = "test",
     text = json.dumps(metrics, indent=2)
     atomic_write_text(run_dir / f"metrics_{tag}.json", text)
     atomic_write_text(run_dir / "metrics.json", text)
-    return metrics
+    return distributed.broadcast_object(metrics)
