@@ -8,8 +8,9 @@ notebook 03 classifies with the checkpoint notebook 02 trained, and so on.
 - Parameter files are read with ``yaml.safe_load``; string values may name environment
   variables as ``${VAR}`` or ``${VAR:-default}``. Relative paths in keys ending in ``_dir``,
   ``_root`` or ``_path`` are taken relative to the directory ``sgc batch`` is run from.
-- Keys no selected notebook declares are rejected, naming them (papermill only warns).
-  Each notebook receives the keys its ``parameters`` cell declares.
+- Keys no notebook declares (parameter file) or no selected notebook declares (``params``
+  overrides) are rejected, naming them (papermill only warns). Each notebook receives the
+  keys its ``parameters`` cell declares.
 - Each notebook is written to ``<name>.running.ipynb`` and renamed to ``<name>.ipynb`` when
   it succeeds. A failure raises ``RuntimeError`` naming the notebook, the cell and the
   error, and keeps the partial notebook as ``<name>.failed.ipynb``.
@@ -169,13 +170,16 @@ def run_batch(dataset: str = "digits", notebooks=None, params: dict | None = Non
     from papermill.exceptions import PapermillExecutionError
 
     chosen = select_notebooks(notebooks, notebooks_dir)
-    merged = {**load_params(dataset, params_dir), **(params or {})}
+    file_params = load_params(dataset, params_dir)
+    check_parameters(file_params, list_notebooks(notebooks_dir))  # the file serves every notebook
+    check_parameters(params or {}, chosen)                         # overrides must reach a selected one
+    merged = {**file_params, **(params or {})}
     run_folder = Path(out, dataset).resolve()
-    declared = set().union(*[set(notebook_parameters(nb)) for nb in chosen])
+    declared = {nb: notebook_parameters(nb) for nb in chosen}
     for key, value in (("dataset", dataset), ("run_dir", str(run_folder))):
-        if key in declared:
+        if any(key in d for d in declared.values()):
             merged.setdefault(key, value)
-    per_notebook = check_parameters(merged, chosen)
+    per_notebook = {nb: {k: v for k, v in merged.items() if k in d} for nb, d in declared.items()}
     per_notebook = {nb: _absolute_paths(p) for nb, p in per_notebook.items()}
     run_folder.mkdir(parents=True, exist_ok=True)
     state_path = run_folder / "batch.json"

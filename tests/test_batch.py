@@ -22,6 +22,15 @@ def test_misspelt_parameter_is_rejected_naming_it(tmp_path, capsys):
     assert "unknown notebook parameter" in err and "'trian'" in err and "did you mean 'train'" in err
 
 
+def test_parameter_file_keys_of_other_notebooks_are_fine_when_running_a_subset(tmp_path):
+    (tmp_path / "p.yaml").write_text("toy_steps: 3\nlimit: 5\n")
+    with pytest.raises(ValueError, match="'limit'"):  # an override for a notebook not selected
+        batch.run_batch("p", notebooks=["05"], params={"limit": 5}, out=tmp_path, params_dir=tmp_path)
+    (tmp_path / "q.yaml").write_text("limt: 5\n")
+    with pytest.raises(ValueError, match="'limt'"):
+        batch.run_batch("q", notebooks=["05"], out=tmp_path, params_dir=tmp_path)
+
+
 def test_parameters_are_checked_against_the_selected_notebooks_only():
     nbs = batch.select_notebooks(["05"])
     with pytest.raises(ValueError, match="'limit'"):
