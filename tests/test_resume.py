@@ -100,9 +100,10 @@ def test_corrupt_checkpoint_falls_back_to_the_previous(tmp_path, capfd):
 
 
 def test_run_folder_records_provenance(tmp_path):
-    train_on_dataset("digits", tmp_path, model=MODEL, train=dict(TRAIN, steps=2, seed=7), progress=False)
+    with one_thread():
+        train_on_dataset("digits", tmp_path, model=MODEL, train=dict(TRAIN, steps=2, seed=7), progress=False)
     prov = json.loads((tmp_path / "config.json").read_text())["provenance"]
-    assert prov["packages"]["torch"] == torch.__version__.split("+")[0] or prov["packages"]["torch"]
+    assert prov["packages"]["torch"] and prov["packages"]["numpy"]
     assert prov["seeds"]["seed"] == 7 and prov["world_size"] == 1
     assert "git_revision" in prov and "python" in prov
     digest, name = (tmp_path / "checkpoint.pt.sha256").read_text().split()
