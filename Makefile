@@ -22,7 +22,7 @@ demo: venv
 	$(VENV)/bin/sgc demo
 
 test: venv
-	$(PY) -m pytest
+	$(PY) -m pytest tests notebooks --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
 bench: venv
 	$(PY) benchmarks/likelihood.py

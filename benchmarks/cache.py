@@ -11,7 +11,7 @@
    cheaper than the step, so the cache never starves training.
 
 Usage: ``python benchmarks/cache.py [--images 8] [--batch 8] [--workers 2] [--out FILE]``.
-Prints a table and writes JSON (default ``benchmarks/results/cache.json``).
+Prints a table and writes JSON (default ``reports/benchmarks/cache.json``).
 """
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=8, help="batch size for the read vs step comparison")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--channels", type=int, default=16, help="width of the ScoreUNet consumer")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cache.json")
+    parser.add_argument("--out", type=Path, default=REPO / "reports" / "benchmarks" / "cache.json")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
