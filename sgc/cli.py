@@ -73,6 +73,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="notebook parameters overriding params/<dataset>.yaml")
     p.add_argument("--out", default="reports/runs", help="parent folder of the run folders")
     p.add_argument("--resume", action="store_true", help="skip notebooks already executed")
+
+    p = sub.add_parser("experiment", help="low-data / imbalance experiment: score model vs baselines, "
+                                          "rows appended to <out-dir>/<tag>.csv")
+    _add_data_args(p)
+    p.add_argument("--fractions", nargs="+", type=float, default=[1, 5, 10, 25, 50, 100],
+                   help="training-set fractions in percent (stratified by group)")
+    p.add_argument("--imbalance-ratios", nargs="*", type=float, default=None,
+                   help="minority:majority ratios to subsample the minority class to (default: as is)")
+    p.add_argument("--minority-class", type=int, default=1)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--classifiers", nargs="+", default=["score_ode", "score_elbo", "resnet18", "densenet121", "logreg"],
+                   choices=["score_ode", "score_elbo", "resnet18", "densenet121", "logreg"])
+    p.add_argument("--model", nargs="*", metavar="KEY=VALUE",
+                   help="score network (default sgc.experiments.SCORE_MODEL), e.g. arch=unet channels=16")
+    p.add_argument("--train", nargs="*", metavar="KEY=VALUE", help="score-model TrainConfig fields, e.g. steps=1000")
+    p.add_argument("--ode", nargs="*", metavar="KEY=VALUE", help="ODE estimator options, e.g. rtol=1e-3")
+    p.add_argument("--elbo", nargs="*", metavar="KEY=VALUE", help="bound estimator options, e.g. n_draws=256")
+    p.add_argument("--baseline", nargs="*", metavar="KEY=VALUE",
+                   help="options of the network baselines, e.g. epochs=20 patience=5")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the test split")
+    p.add_argument("--tag", default="experiment", help="table name: <out-dir>/<tag>.csv and .md")
+    p.add_argument("--out-dir", default="reports/tables")
+    p.add_argument("--figures-dir", default=None, help="default: <out-dir>/../figures")
+    p.add_argument("--work-dir", default="runs/experiments", help="score-model run folders (<work-dir>/<tag>/...)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default=None)
     return parser
 
 
@@ -114,6 +140,19 @@ def main(argv=None) -> int:
                                       estimator_options={"rtol": 1e-5, "atol": 1e-5}, batch_size=120,
                                       device=args.device)
             print(_summary(m) + f" (wall {time.perf_counter() - start:.0f} s; {args.run_dir}/metrics.json)")
+        elif args.command == "experiment":
+            from .experiments import SCORE_EVAL, SCORE_MODEL, SCORE_TRAIN, run_experiment
+            opts = _kv(args.baseline)
+            frame = run_experiment(
+                args.dataset, data_root=args.data_root, data_options=_kv(args.data), fractions=args.fractions,
+                imbalance_ratios=args.imbalance_ratios, minority_class=args.minority_class, seeds=args.seeds,
+                classifiers=args.classifiers, score_model={**SCORE_MODEL, **_kv(args.model)},
+                score_train={**SCORE_TRAIN, **_kv(args.train)},
+                score_eval={"ode": _kv(args.ode) or SCORE_EVAL["ode"], "elbo": _kv(args.elbo) or SCORE_EVAL["elbo"]},
+                baseline_options={n: opts for n in ("resnet18", "densenet121")}, n_boot=args.n_boot,
+                out_dir=args.out_dir, figures_dir=args.figures_dir, work_dir=f"{args.work_dir}/{args.tag}",
+                tag=args.tag, device=args.device, threads=args.threads, progress=True)
+            print(f"{len(frame)} rows appended to {args.out_dir}/{args.tag}.csv")
         elif args.command == "batch":
             from .batch import run_batch
             run_batch(args.dataset, notebooks=args.notebooks, params=_kv(args.param), out=args.out,

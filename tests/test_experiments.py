@@ -1,0 +1,110 @@
+"""sgc.experiments: subsets that keep groups whole and classes present; a tiny end-to-end run."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sgc.data import ImageSet, load_dataset
+from sgc.experiments import fraction_subset, imbalance_subset, run_experiment
+
+
+def _grouped_set(n_groups=40, per_group=3, seed=0) -> ImageSet:
+    rng = np.random.default_rng(seed)
+    labels = np.repeat((np.arange(n_groups) % 4 == 0).astype(int), per_group)  # 1 in 4 groups positive
+    groups = [f"p{i // per_group}" for i in range(n_groups * per_group)]
+    images = rng.random((len(labels), 1, 8, 8)).astype(np.float32)
+    return ImageSet(images, labels, ("benign", "malignant"), levels=17, groups=groups)
+
+
+def _groups_whole(sub: ImageSet, full: ImageSet) -> bool:
+    sizes = pd.Series(full.groups).value_counts()
+    return all(pd.Series(sub.groups).value_counts()[g] == sizes[g] for g in set(sub.groups))
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.1, 0.25, 0.5])
+def test_fraction_subset_keeps_groups_and_classes(fraction):
+    full = _grouped_set()
+    sub = fraction_subset(full, fraction, seed=3)
+    assert set(sub.labels.tolist()) == {0, 1}
+    assert _groups_whole(sub, full)
+    n_groups = {c: len({g for g, y in zip(sub.groups, sub.labels) if y == c}) for c in (0, 1)}
+    assert n_groups == {0: max(1, int(np.ceil(fraction * 30))), 1: max(1, int(np.ceil(fraction * 10)))}
+    again = fraction_subset(full, fraction, seed=3)
+    assert again.ids == sub.ids and np.array_equal(again.images, sub.images)
+    assert fraction_subset(full, fraction, seed=4).ids != sub.ids or fraction < 0.05
+    assert sub.ids == sorted(sub.ids, key=full.ids.index)  # original order
+
+
+def test_fraction_subset_edges():
+    full = _grouped_set()
+    assert fraction_subset(full, 1.0, seed=0).ids == full.ids
+    with pytest.raises(ValueError, match="percent"):
+        fraction_subset(full, 10, seed=0)
+    by_image = fraction_subset(full, 0.1, seed=0, by_group=False)
+    assert len(by_image) == int(np.ceil(0.1 * 90)) + int(np.ceil(0.1 * 30))
+
+
+def test_imbalance_subset_subsamples_the_minority_only():
+    full = _grouped_set()                      # 90 negatives, 30 positives in groups of 3
+    sub = imbalance_subset(full, minority_class=1, ratio=0.1, seed=0)
+    counts = np.bincount(sub.labels, minlength=2)
+    assert counts[0] == 90 and counts[1] == 9  # 3 whole groups of 3 = 0.1 x 90
+    assert _groups_whole(sub, full)
+    assert imbalance_subset(full, 1, 0.1, seed=0).ids == sub.ids
+    assert imbalance_subset(full, 1, 0.1, seed=1).ids != sub.ids
+    tiny = imbalance_subset(full, 1, 0.001, seed=0)
+    assert np.bincount(tiny.labels)[1] == 3    # at least one group stays
+    with pytest.raises(ValueError, match="ratio"):
+        imbalance_subset(full, 1, 0.5, seed=0)
+
+
+def _two_digit_splits():
+    s = load_dataset("digits", val_size=0.25)
+    out = {}
+    for name, ds in s.items():
+        sub = ds.subset(np.flatnonzero(ds.labels < 2))
+        out[name] = ImageSet(sub.images, sub.labels, ("zero", "one"), sub.levels, sub.ids, sub.groups)
+    return out
+
+
+def test_run_experiment_writes_and_appends(tmp_path):
+    torch.set_num_threads(1)
+    splits = _two_digit_splits()
+    kw = dict(splits=splits, fractions=(50, 100), seeds=(0,), classifiers=("score_elbo", "logreg"),
+              score_model={"arch": "mlp", "hidden": 32, "blocks": 1, "emb_dim": 16},
+              score_train={"steps": 30, "batch_size": 32, "lr": 2e-3, "warmup": 5, "log_every": 10,
+                           "checkpoint_every": 1000},
+              score_eval={"elbo": {"n_draws": 8}}, n_boot=50, out_dir=tmp_path / "tables",
+              figures_dir=tmp_path / "figures", work_dir=tmp_path / "work", tag="tiny")
+    frame = run_experiment("digits", **kw)
+    assert len(frame) == 4                     # 1 seed x 2 fractions x 2 classifiers
+    csv = tmp_path / "tables" / "tiny.csv"
+    table = pd.read_csv(csv)
+    assert len(table) == 4
+    for col in ("seed", "fraction_percent", "classifier", "n_train", "auc", "auc_lo", "auc_hi", "accuracy",
+                "accuracy_lo", "accuracy_hi", "balanced_accuracy", "accuracy_at_val_threshold", "config",
+                "config_id", "date", "git_revision", "device", "seconds_train"):
+        assert col in table.columns, col
+    assert set(table["classifier"]) == {"score_elbo", "logreg"}
+    assert (table["auc_lo"] <= table["auc"] + 1e-12).all() and (table["auc"] <= table["auc_hi"] + 1e-12).all()
+    cfg = json.loads(table.loc[table["classifier"] == "score_elbo", "config"].iloc[0])
+    assert cfg["train"]["steps"] == 30 and cfg["estimator"] == "elbo" and cfg["seed"] == 0
+    half = table[table["fraction_percent"] == 50]["n_train"].iloc[0]
+    assert half < table[table["fraction_percent"] == 100]["n_train"].iloc[0]
+    assert (table.loc[table["classifier"] == "logreg", "auc"] > 0.9).all()
+    md = (tmp_path / "tables" / "tiny.md").read_text()
+    assert "score_elbo" in md and "logreg" in md
+    assert (tmp_path / "figures" / "low_data_tiny.png").exists()
+    run_experiment("digits", **{**kw, "classifiers": ("logreg",)})
+    table = pd.read_csv(csv)
+    assert len(table) == 6
+    assert (table["classifier"] == "logreg").sum() == 4
+
+
+def test_run_experiment_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="classifier"):
+        run_experiment("digits", splits=_two_digit_splits(), classifiers=("svm",), out_dir=tmp_path)
+    with pytest.raises(ValueError, match="percentages"):
+        run_experiment("digits", splits=_two_digit_splits(), fractions=(0,), out_dir=tmp_path)
