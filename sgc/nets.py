@@ -176,12 +176,13 @@ class ScoreMLP(nn.Module):
                  image_size: int = 8,            # side of the square input
                  hidden: int = 512,              # width of the residual stream
                  blocks: int = 3,                # number of residual blocks
+                 expansion: int = 2,             # inner width of a block = expansion * hidden
                  emb_dim: int = 128,             # size of the time + class embedding
                  dropout: float = 0.0,           # dropout inside residual blocks
                  ):
         super().__init__()
         self.config = dict(arch="mlp", num_classes=num_classes, in_channels=in_channels,
-                           image_size=image_size, hidden=hidden, blocks=blocks, emb_dim=emb_dim,
+                           image_size=image_size, hidden=hidden, blocks=blocks, expansion=expansion, emb_dim=emb_dim,
                            dropout=dropout)
         self.num_classes, self.in_channels, self.image_size = num_classes, in_channels, image_size
         d = in_channels * image_size * image_size
@@ -189,8 +190,9 @@ class ScoreMLP(nn.Module):
         self.inp = nn.Linear(d, hidden)
         self.norms = nn.ModuleList([nn.LayerNorm(hidden) for _ in range(blocks)])
         self.films = nn.ModuleList([nn.Linear(emb_dim, 2 * hidden) for _ in range(blocks)])
-        self.ffs = nn.ModuleList([nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden), nn.SiLU(),
-                                                nn.Dropout(dropout), nn.Linear(2 * hidden, hidden))
+        inner = expansion * hidden
+        self.ffs = nn.ModuleList([nn.Sequential(nn.SiLU(), nn.Linear(hidden, inner), nn.SiLU(),
+                                                nn.Dropout(dropout), nn.Linear(inner, hidden))
                                   for _ in range(blocks)])
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, d))
         for ff in self.ffs:

@@ -55,6 +55,7 @@ class TrainConfig:
     lr: float = 2e-4             # AdamW learning rate after warm-up
     weight_decay: float = 0.0    # AdamW decoupled weight decay
     warmup: int = 200            # linear learning-rate warm-up, steps
+    lr_schedule: str = "constant"  # after warm-up: "constant" or "cosine" (decays to 0 at `steps`)
     grad_clip: float = 1.0       # max global gradient norm (0 = off)
     ema_decay: float = 0.999     # EMA of the weights used for evaluation
     weighting: str = "sigma2"    # "sigma2" (the paper) or "likelihood" (g^2, importance-sampled t)
@@ -67,6 +68,10 @@ class TrainConfig:
     amp: bool = True             # bf16 autocast when training on CUDA
     checkpoint_every: int = 500  # steps between checkpoints (with a run_dir)
     log_every: int = 50          # steps between history rows
+
+    def __post_init__(self):
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "TrainConfig":
@@ -110,7 +115,11 @@ def atomic_torch_save(obj, path) -> str:
 
 
 def _lr_at(step: int, cfg: TrainConfig) -> float:
-    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup))
+    if cfg.lr_schedule == "cosine" and step >= cfg.warmup:
+        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * warm
 
 
 def _draw(images, labels, cfg: TrainConfig, sampler: TimeSampler, gen, part: slice):
