@@ -129,7 +129,9 @@ def _git_revision() -> str:
 
 def _config_id(config: dict) -> str:
     """Short hash of a row's config without the seed: rows with the same id differ only by seed."""
-    c = {k: v for k, v in config.items() if k != "seed"}
+    def strip(d):
+        return {k: strip(v) if isinstance(v, dict) else v for k, v in d.items() if k != "seed"}
+    c = strip(config)
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

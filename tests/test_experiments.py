@@ -97,10 +97,14 @@ def test_run_experiment_writes_and_appends(tmp_path):
     md = (tmp_path / "tables" / "tiny.md").read_text()
     assert "score_elbo" in md and "logreg" in md
     assert (tmp_path / "figures" / "low_data_tiny.png").exists()
-    run_experiment("digits", **{**kw, "classifiers": ("logreg",)})
+    run_experiment("digits", **{**kw, "classifiers": ("logreg",), "seeds": (1,)})
     table = pd.read_csv(csv)
     assert len(table) == 6
+    assert table.groupby(["classifier", "fraction_percent"])["config_id"].nunique().eq(1).all()  # seeds pool
     assert (table["classifier"] == "logreg").sum() == 4
+    from sgc.experiments import _config_id
+    cfg0 = json.loads(table["config"].iloc[0])
+    assert _config_id(cfg0) == _config_id({**cfg0, "seed": 7, "train": {**cfg0["train"], "seed": 7}})
 
 
 def test_run_experiment_rejects_bad_arguments(tmp_path):
