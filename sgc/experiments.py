@@ -127,10 +127,14 @@ def _git_revision() -> str:
         return "unknown"
 
 
-def _config_id(config: dict) -> str:
-    """Short hash of a row's config without the seed: rows with the same id differ only by seed."""
+_SETTING_KEYS = ("fraction_percent", "n_train", "train_counts")
+
+
+def _config_id(config: dict, ignore=("seed",)) -> str:
+    """Short hash of a row's config without the seed: rows with the same id differ only by seed.
+    ``ignore=("seed", *_SETTING_KEYS)`` gives the id of a low-data curve (same method, any fraction)."""
     def strip(d):
-        return {k: strip(v) if isinstance(v, dict) else v for k, v in d.items() if k != "seed"}
+        return {k: strip(v) if isinstance(v, dict) else v for k, v in d.items() if k not in ignore}
     c = strip(config)
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
@@ -327,6 +331,7 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     out = []
     for key, g in rows.groupby(keys, sort=True):
         r = dict(zip(keys, key))
+        r["curve_id"] = _config_id(json.loads(g["config"].iloc[0]), ignore=("seed", *_SETTING_KEYS))
         r.update({"seeds": int(g["seed"].nunique()), "n_train": float(g["n_train"].mean()),
                   "train_size": float(g["train_size"].mean()), "seconds_train": float(g["seconds_train"].mean()),
                   "seconds_eval": float(g["seconds_eval"].mean()), "device": ",".join(sorted(set(g["device"])))})
@@ -365,20 +370,24 @@ def write_markdown(summary: pd.DataFrame, path, title: str = "") -> Path:
 
 
 def plot_low_data(summary: pd.DataFrame, figures_dir, name: str = "low_data") -> list[Path]:
-    """AUC vs training fraction (log x), one line per classifier and config, error bars = t-interval."""
+    """AUC vs training fraction (log x), one line per classifier and config (``curve_id``: the config
+    without seed and fraction), error bars = t-interval over seeds (none with one seed)."""
+    import matplotlib
     import matplotlib.pyplot as plt
     from .plots import save_figure, set_theme
     set_theme()
     data = summary[summary["imbalance_ratio"] == "none"]
     fig, ax = plt.subplots(figsize=(4.6, 3.3))
-    for i, ((clf, cid), g) in enumerate(data.groupby(["classifier", "config_id"], sort=True)):
+    for i, ((clf, cid), g) in enumerate(data.groupby(["classifier", "curve_id"], sort=True)):
         g = g.sort_values("fraction_percent")
         gen = clf in GENERATIVE
         ax.errorbar(g["fraction_percent"], g["auc"], yerr=[g["auc"] - g["auc_lo"], g["auc_hi"] - g["auc"]],
                     marker="o" if gen else "s", linestyle="-" if gen else "--", capsize=3, color=f"C{i}",
-                    label=f"{clf} ({'generative' if gen else 'discriminative'})")
-    ax.set(xscale="log", xlabel="training fraction (%)", ylabel="test AUC", title="AUC vs training-set size")
-    ax.legend(fontsize=7)
+                    label=f"{clf} ({'generative' if gen else 'discriminative'}, {cid})")
+    ax.set(xscale="log", xticks=sorted(data["fraction_percent"].unique()), xlabel="training fraction (%)", ylabel="test AUC", title="AUC vs training-set size")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.legend(fontsize=6)
     fig.tight_layout()
     paths = save_figure(fig, Path(figures_dir) / name)
     plt.close(fig)

@@ -97,6 +97,8 @@ def test_run_experiment_writes_and_appends(tmp_path):
     md = (tmp_path / "tables" / "tiny.md").read_text()
     assert "score_elbo" in md and "logreg" in md
     assert (tmp_path / "figures" / "low_data_tiny.png").exists()
+    from sgc.experiments import aggregate
+    assert aggregate(table).groupby("classifier")["curve_id"].nunique().eq(1).all()  # one curve per method
     run_experiment("digits", **{**kw, "classifiers": ("logreg",), "seeds": (1,)})
     table = pd.read_csv(csv)
     assert len(table) == 6
