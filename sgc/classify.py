@@ -195,7 +195,9 @@ class ScoreClassifier(ClassifierMixin, BaseEstimator):
         clf = cls(arch=config["model"]["arch"], sde=config["sde"]["name"],
                   levels=train.get("levels", 256), device=device, run_dir=str(run_dir), **kwargs)
         clf.model_, clf.sde_, clf.classes_ = model, sde, np.arange(k)
-        clf.log_prior_ = log_prior(k, kwargs.get("prior", "uniform"), config.get("train_labels"))
+        counts = config.get("data", {}).get("train_counts")  # recorded by sgc.pipeline.train_on_dataset
+        labels = None if counts is None else np.repeat(np.arange(k), counts)
+        clf.log_prior_ = log_prior(k, kwargs.get("prior", "uniform"), labels)
         return clf
 
     def log_likelihoods(self, X) -> ClassScores:

@@ -9,6 +9,7 @@ from gaussian import GaussianEps
 from sgc.classify import (ScoreClassifier, log_prior, posterior, read_scores_csv, save_scores_csv,
                           score_images)
 from sgc.cli import main
+from sgc.data import load_dataset
 from sgc.sde import VPSDE
 
 
@@ -81,6 +82,11 @@ def test_cli_train_classify_and_errors(tmp_path, capsys):
     for key in ("accuracy", "balanced_accuracy", "auc_macro_ovr", "mean_bpd_true_class", "mean_nfe", "seconds"):
         assert metrics[key] is None and key == "auc_macro_ovr" or np.isfinite(metrics[key]), key
     assert "accuracy" in capsys.readouterr().out
+    clf = ScoreClassifier.from_run(run, prior="empirical", progress=False, estimator="elbo",
+                                   estimator_options={"n_draws": 4})
+    counts = np.array(json.loads((run / "config.json").read_text())["data"]["train_counts"])
+    assert np.allclose(np.exp(clf.log_prior_), counts / counts.sum())
+    assert clf.predict(load_dataset("digits")["test"].images[:3]).shape == (3,)
     assert main(["classify", "--run-dir", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["train", "--run-dir", str(run), "--train", "stepz=3"]) == 2
