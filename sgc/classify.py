@@ -86,8 +86,8 @@ def log_prior(num_classes: int, prior="uniform", train_labels=None) -> np.ndarra
         if prior == "empirical":
             if train_labels is None:
                 raise ValueError("prior='empirical' needs the training labels")
-            counts = np.bincount(np.asarray(train_labels), minlength=num_classes).astype(float)
-            return np.log(counts / counts.sum())
+            from .metrics import empirical_prior
+            return np.log(empirical_prior(train_labels, num_classes))
         raise ValueError(f"prior must be 'uniform', 'empirical' or a list of probabilities, got {prior!r}")
     p = np.asarray(prior, dtype=float)
     if p.shape != (num_classes,) or (p <= 0).any() or abs(p.sum() - 1) > 1e-6:
