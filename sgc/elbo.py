@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from .likelihood import to_bits_per_dim, validate_images
+from .nets import compiled
 from .sde import SDE, TimeSampler, _bcast
 
 __all__ = ["ElboResult", "elbo_class_scores", "prior_term", "draw_terms", "control_coef"]
@@ -114,6 +115,7 @@ def elbo_class_scores(model, sde: SDE, x: torch.Tensor, classes=None, *,
                       min_classes: int = 1,           # never eliminate below this many classes per image
                       max_batch: int = 4096,          # network rows per forward pass
                       autocast: str | None = None,    # None (float32) or "bf16" for the network
+                      compile: str | None = None,     # torch.compile mode (sgc.nets.COMPILE_MODES)
                       generator: torch.Generator | None = None,
                       ) -> ElboResult:
     """Estimate log p(x_i | y = k) for images x (N, C, H, W) in [0, 1] and every class k.
@@ -127,6 +129,7 @@ def elbo_class_scores(model, sde: SDE, x: torch.Tensor, classes=None, *,
     classes = list(range(model.num_classes)) if classes is None else list(classes)
     n, k = x.shape[0], len(classes)
     device = next(model.parameters()).device
+    net = compiled(model, compile)
     start = time.perf_counter()
     if dequantize:
         x = (torch.round(x * (levels - 1)) + torch.rand(x.shape, generator=generator)) / levels
@@ -160,7 +163,7 @@ def elbo_class_scores(model, sde: SDE, x: torch.Tensor, classes=None, *,
                 tr = t_all[img, done + j0:done + j1].reshape(-1).to(device)
                 er = noise[img, j0:j1].reshape(rows * mm, *shape).to(device)
                 yr = ycls[cls.to(device)].repeat_interleave(mm)
-                v = draw_terms(model, sde, zr, yr, tr, er, sampler.Z, autocast)
+                v = draw_terms(net, sde, zr, yr, tr, er, sampler.Z, autocast)
                 vals[img, cls, done + j0:done + j1] = v.view(rows, mm).double().cpu()
         done = stop
         if eliminate and done < n_draws:

@@ -13,13 +13,14 @@ so that the images of a batch do not interact: a likelihood must not depend on i
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-__all__ = ["ScoreUNet", "ScoreMLP", "build_model", "count_parameters"]
+__all__ = ["ScoreUNet", "ScoreMLP", "build_model", "count_parameters", "compiled", "COMPILE_MODES"]
 
 
 def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -52,7 +53,7 @@ def _check_inputs(model, x, t, y):
     y = y.expand(n) if y.dim() == 0 else y
     if t.shape != (n,) or y.shape != (n,):
         raise ValueError(f"t and y must be scalars or shape ({n},); got {tuple(t.shape)} and {tuple(y.shape)}")
-    if not torch.jit.is_tracing() and y.numel() and (int(y.min()) < 0 or int(y.max()) >= model.num_classes):
+    if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and y.numel() and (int(y.min()) < 0 or int(y.max()) >= model.num_classes):
         raise ValueError(f"class labels must be in [0, {model.num_classes - 1}]; got range "
                          f"[{int(y.min())}, {int(y.max())}]")
     return t, y
@@ -226,3 +227,46 @@ def build_model(config: dict) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- torch.compile
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
+_COMPILED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+class _Compiled:
+    """Callable wrapper of ``torch.compile(model, mode)`` for inference-time solves.
+
+    "reduce-overhead" and "max-autotune" replay CUDA graphs on CUDA: each call then starts a
+    new graph step and returns a copy of the output, because the next replay overwrites the
+    graph's output memory while a solver still holds earlier stages (dopri5 keeps seven).
+    On the CPU every mode is plain Inductor code generation (needs a C++ compiler).
+    """
+
+    def __init__(self, model: nn.Module, mode: str):
+        self.model, self.mode = model, mode
+        self.fn = torch.compile(model, mode=mode)
+        self.graphs = mode in ("reduce-overhead", "max-autotune")
+
+    def __call__(self, x, t, y):
+        if self.graphs and x.is_cuda:
+            torch.compiler.cudagraph_mark_step_begin()
+            return self.fn(x, t, y).clone()
+        return self.fn(x, t, y)
+
+
+def compiled(model: nn.Module, mode: str | None):
+    """``model`` itself (mode None) or its compiled forward, built once per model and mode.
+
+    Compilation takes seconds to minutes the first time a shape is seen, so it pays off on
+    long solves (many images, fixed-step grids, many Monte-Carlo draws). The cache keeps a
+    compiled model for the life of the process.
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {COMPILE_MODES}, got {mode!r}")
+    if mode is None:
+        return model
+    per_model = _COMPILED.setdefault(model, {})
+    if mode not in per_model:
+        per_model[mode] = _Compiled(model, mode)
+    return per_model[mode]
