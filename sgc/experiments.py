@@ -17,7 +17,9 @@ with the training subset's class frequencies as prior) and a Youden threshold fo
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import math
@@ -215,6 +217,18 @@ def _baseline(name, sub, val, test, *, options, seed, device, progress):
 
 
 # --------------------------------------------------------------------------- the experiment
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Exclusive lock on ``<path>.lock``: experiments of other seeds (processes, SLURM array
+    tasks on a shared file system) append to the same table one at a time."""
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _append_csv(path: Path, rows: pd.DataFrame) -> pd.DataFrame:
     if path.exists():
         rows = pd.concat([pd.read_csv(path), rows], ignore_index=True, sort=False)
@@ -312,12 +326,13 @@ def run_experiment(dataset: str = "digits", *,
     frame = pd.DataFrame(rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    everything = _append_csv(out / f"{tag}.csv", frame)
-    summary = aggregate(everything)
-    write_markdown(summary, out / f"{tag}.md", title=f"{tag}: {dataset}, mean and 95 % t-interval over seeds")
-    if summary["fraction_percent"].nunique() > 1:
-        plot_low_data(summary, Path(figures_dir) if figures_dir is not None else out.parent / "figures",
-                      name=f"low_data_{tag}")
+    with _locked(out / f"{tag}.csv"):
+        everything = _append_csv(out / f"{tag}.csv", frame)
+        summary = aggregate(everything)
+        write_markdown(summary, out / f"{tag}.md", title=f"{tag}: {dataset}, mean and 95 % t-interval over seeds")
+        if summary["fraction_percent"].nunique() > 1:
+            plot_low_data(summary, Path(figures_dir) if figures_dir is not None else out.parent / "figures",
+                          name=f"low_data_{tag}")
     return frame
 
 

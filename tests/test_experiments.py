@@ -114,3 +114,27 @@ def test_run_experiment_rejects_bad_arguments(tmp_path):
         run_experiment("digits", splits=_two_digit_splits(), classifiers=("svm",), out_dir=tmp_path)
     with pytest.raises(ValueError, match="percentages"):
         run_experiment("digits", splits=_two_digit_splits(), fractions=(0,), out_dir=tmp_path)
+
+
+def _append_many(path, worker, n):
+    from sgc.experiments import _append_csv, _locked
+    for i in range(n):
+        with _locked(path):
+            _append_csv(path, pd.DataFrame({"worker": [worker] * 50, "i": [i] * 50}))
+
+
+def test_concurrent_experiments_append_every_row(tmp_path):
+    # seeds run as separate processes (or SLURM array tasks) share one results table;
+    # without the lock this loses rows and fails renaming another writer's temporary file
+    import multiprocessing as mp
+    path = tmp_path / "table.csv"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(path, w, 40)) for w in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    rows = pd.read_csv(path)
+    assert len(rows) == 3 * 40 * 50
+    assert (rows.groupby(["worker", "i"]).size() == 50).all() and rows.groupby(["worker", "i"]).ngroups == 120
