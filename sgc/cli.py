@@ -152,6 +152,21 @@ def main(argv=None) -> int:
             from .batch import run_batch
             run_batch(args.dataset, notebooks=args.notebooks, params=_kv(args.param), out=args.out,
                       resume=args.resume)
+        elif args.command == "experiment":
+            from .experiments import SCORE_EVAL, SCORE_MODEL, SCORE_TRAIN, run_experiment
+            opts = _kv(args.baseline)
+            frame = run_experiment(
+                args.dataset, data_root=args.data_root, data_options=_kv(args.data), fractions=args.fractions,
+                imbalance_ratios=args.imbalance_ratios, minority_class=args.minority_class, seeds=args.seeds,
+                classifiers=args.classifiers, score_model={**SCORE_MODEL, **_kv(args.model)},
+                score_train={**SCORE_TRAIN, **_kv(args.train)},
+                score_eval={"ode": _kv(args.ode) or SCORE_EVAL["ode"], "elbo": _kv(args.elbo) or SCORE_EVAL["elbo"]},
+                baseline_options={n: opts for n in ("resnet18", "densenet121")}, n_boot=args.n_boot,
+                out_dir=args.out_dir, figures_dir=args.figures_dir, work_dir=f"{args.work_dir}/{args.tag}",
+                tag=args.tag, device=args.device, threads=args.threads, progress=True)
+            print(f"{len(frame)} rows appended to {args.out_dir}/{args.tag}.csv")
+        else:  # a sub-command without a branch here must not exit 0 having done nothing
+            raise NotImplementedError(f"sgc {args.command} is parsed but not dispatched")
     except TrainingInterrupted as err:  # SIGTERM / SIGINT: checkpoint written, exit 128 + signal
         if distributed.is_main():
             print(f"sgc {args.command}: {err}", file=sys.stderr)

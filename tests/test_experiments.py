@@ -138,3 +138,17 @@ def test_concurrent_experiments_append_every_row(tmp_path):
     rows = pd.read_csv(path)
     assert len(rows) == 3 * 40 * 50
     assert (rows.groupby(["worker", "i"]).size() == 50).all() and rows.groupby(["worker", "i"]).ngroups == 120
+
+
+def test_cli_experiment_appends_rows(tmp_path, capsys):
+    # `sgc experiment` once parsed its options and exited 0 without running anything
+    from sgc.cli import main
+    out = tmp_path / "tables"
+    argv = ["experiment", "--dataset", "digits", "--data", "val_size=0.2", "--fractions", "100",
+            "--seeds", "0", "--classifiers", "logreg", "--n-boot", "20", "--tag", "cli",
+            "--out-dir", str(out), "--work-dir", str(tmp_path / "runs"), "--threads", "1"]
+    assert main(argv) == 0
+    assert "1 rows appended" in capsys.readouterr().out
+    rows = pd.read_csv(out / "cli.csv")
+    assert rows["classifier"].tolist() == ["logreg"] and rows["accuracy"].iloc[0] > 0.8
+    assert (out / "cli.md").exists()
