@@ -80,6 +80,9 @@ def main(argv=None):
                     help="also time dpm2 and the bounds through torch.compile in this mode "
                          "(reduce-overhead = CUDA graphs on a GPU); compilation is done in an untimed "
                          "warm-up pass, reported as warmup_seconds")
+    ap.add_argument("--released-code", default=None, metavar="JSON",
+                    help="output of benchmarks/likelihood.py on the same model: adds each estimator's "
+                         "speed-up over the paper's released code path (seconds per image x class)")
     ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "classify.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -97,6 +100,9 @@ def main(argv=None):
     idx = np.sort(np.argsort(rank, kind="stable")[:n])
     x, y = test.images[idx], test.labels[idx]
 
+    released = None
+    if args.released_code:  # seconds per image x class of the released code path, same model
+        released = json.loads(Path(args.released_code).read_text())["rows"][0]["s_per_image_class"]
     results, ref = [], None
     for name, est, opts in estimators(args.draws, args.compile):
         warm = None
@@ -120,18 +126,21 @@ def main(argv=None):
         if est == "elbo":
             row["mean_stderr_nats"] = float(np.mean(s.extra["stderr"]))
         row["speedup_vs_reference"] = results[0]["seconds"] / s.seconds if results else 1.0
+        if released is not None:
+            row["speedup_vs_released_code"] = released * k * n / s.seconds
         results.append(row)
         print(f"done {name}: {s.seconds:.1f} s", flush=True)
 
     print(f"\n{args.dataset} {args.size}x{args.size}, {n} test images, {model.num_classes} classes, "
           f"{args.arch}, device {device}")
     head = f"{'estimator':34s} {'img/s':>8s} {'speed-up':>8s} {'fwd/img':>8s} {'acc':>6s} {'AUC':>6s} " \
-           f"{'top1=ref':>8s} {'Spearman':>8s}"
+           f"{'top1=ref':>8s} {'Spearman':>8s}" + (f" {'vs released':>11s}" if released else "")
     print(head)
     for r in results:
         print(f"{r['estimator']:34s} {r['images_per_s']:8.2f} {r['speedup_vs_reference']:7.1f}x "
               f"{r['forward_passes_per_image']:8.0f} {r['accuracy']:6.3f} {r['auc']:6.3f} "
-              f"{r['top1_agreement']:8.3f} {r['spearman_vs_reference']:8.3f}")
+              f"{r['top1_agreement']:8.3f} {r['spearman_vs_reference']:8.3f}"
+              + (f" {r['speedup_vs_released_code']:10.0f}x" if released else ""))
     out = {"benchmark": "classify", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
            "host": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),

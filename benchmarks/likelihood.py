@@ -113,7 +113,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", default=None, help="trained run folder (trained here when empty)")
     ap.add_argument("--arch", default="mlp", choices=["mlp", "unet"])
-    ap.add_argument("--size", type=int, default=8, help="image side (digits padded with zeros)")
+    ap.add_argument("--dataset", default="digits", help="digits or breastmnist (needs --data-root)")
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--size", type=int, default=8, help="image side (padded with zeros)")
     ap.add_argument("--train-steps", type=int, default=600)
     ap.add_argument("--images", type=int, default=4, help="test images")
     ap.add_argument("--classes", type=int, default=10, help="classes scored per image")
@@ -128,7 +130,7 @@ def main(argv=None):
     device = torch.device(args.device)
 
     model, sde, splits, train_s = prepare_model(args.run_dir, args.arch, args.size, args.train_steps, device,
-                                                args.seed)
+                                                args.seed, args.dataset, args.data_root)
     model = model.to(device).eval()
     test = splits["test"]
     g = torch.Generator().manual_seed(args.seed)
@@ -136,7 +138,7 @@ def main(argv=None):
     levels = test.levels
     x = (torch.round(x * (levels - 1)) + torch.rand(x.shape, generator=g)) / levels  # shared dequantization
     probe = torch.randn(x.shape, generator=g)  # the same Gaussian probe for both paths
-    k = args.classes
+    k = min(args.classes, model.num_classes)
     n = x.shape[0]
     dims = x[0].numel()
 
@@ -172,7 +174,7 @@ def main(argv=None):
          "s_per_image_class": sgc_s / (n * k), "nfe": res.nfe, "seconds": sgc_s},
     ]
     speedup = ref_s / sgc_s
-    print(f"\nprobability-flow ODE log-likelihood, {args.arch} on digits {args.size}x{args.size}, "
+    print(f"\nprobability-flow ODE log-likelihood, {args.arch} on {args.dataset} {args.size}x{args.size}, "
           f"{n} images x {k} classes, rtol=atol={args.rtol:g}, device {device}")
     print(f"{'path':66s} {'s/(img*class)':>14s} {'NFE':>6s} {'total s':>8s}")
     for r in rows:
@@ -184,7 +186,7 @@ def main(argv=None):
            "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
            "host": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
            "command": "python benchmarks/likelihood.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "arch": args.arch, "size": args.size, "images": n, "classes": k, "rtol": args.rtol, "atol": args.atol,
+           "dataset": args.dataset, "arch": args.arch, "size": args.size, "images": n, "classes": k, "rtol": args.rtol, "atol": args.atol,
            "train_seconds": train_s, "rows": rows, "speedup": speedup, "max_diff_bits_per_dim": diff_bpd}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
