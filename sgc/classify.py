@@ -96,14 +96,16 @@ def log_prior(num_classes: int, prior="uniform", train_labels=None) -> np.ndarra
 
 
 def posterior(log_lik: np.ndarray, log_p_y: np.ndarray | None = None) -> np.ndarray:
-    """p(y | x) = softmax_k(log p(x | k) + log p(k)), rows sum to one. (N, K) -> (N, K)."""
+    """p(y | x) = softmax_k(log p(x | k) + log p(k)), rows sum to one. (N, K) -> (N, K).
+
+    ``log_p_y`` is a log prior as from ``log_prior`` (None: uniform); the softmax itself is
+    ``sgc.metrics.apply_prior``, which also takes a temperature.
+    """
+    from .metrics import apply_prior
     log_lik = np.asarray(log_lik, dtype=np.float64)
     if not np.isfinite(log_lik).all():
         raise ValueError("log-likelihoods contain NaN or inf; rerun the solve with a tighter tolerance")
-    a = log_lik + (0.0 if log_p_y is None else np.asarray(log_p_y))
-    a = a - a.max(axis=1, keepdims=True)
-    p = np.exp(a)
-    return p / p.sum(axis=1, keepdims=True)
+    return apply_prior(log_lik, "uniform" if log_p_y is None else np.exp(np.asarray(log_p_y, dtype=np.float64)))
 
 
 def save_scores_csv(path, scores: ClassScores, ids, labels, class_names, post=None) -> Path:
