@@ -35,7 +35,7 @@ import torch
 
 from .data import ImageSet, load_dataset
 
-__all__ = ["fraction_subset", "imbalance_subset", "run_experiment", "aggregate", "write_markdown",
+__all__ = ["fraction_subset", "imbalance_subset", "run_experiment", "aggregate", "write_markdown", "summarize_tables",
            "plot_low_data", "CLASSIFIERS", "SCORE_MODEL", "SCORE_TRAIN", "SCORE_EVAL"]
 
 CLASSIFIERS = ("score_ode", "score_elbo", "resnet18", "densenet121", "logreg")
@@ -231,7 +231,7 @@ def _locked(path: Path):
 
 def _append_csv(path: Path, rows: pd.DataFrame) -> pd.DataFrame:
     if path.exists():
-        rows = pd.concat([pd.read_csv(path), rows], ignore_index=True, sort=False)
+        rows = pd.concat([pd.read_csv(path, dtype={"config_id": str}), rows], ignore_index=True, sort=False)
     tmp = path.with_name(path.name + ".tmp")
     rows.to_csv(tmp, index=False)
     tmp.replace(path)
@@ -407,3 +407,24 @@ def plot_low_data(summary: pd.DataFrame, figures_dir, name: str = "low_data") ->
     paths = save_figure(fig, Path(figures_dir) / name)
     plt.close(fig)
     return paths
+
+
+def summarize_tables(tables: Sequence, out, *, figures_dir=None, title: str = "",
+                     exclude_config_ids: Sequence[str] = ()) -> pd.DataFrame:
+    """Pool the rows of several experiment CSVs (e.g. a low-data run and a 100 % run) into one
+    summary: ``<out>.csv`` (one row per setting x classifier x config, mean and 95 % t-interval
+    over seeds), ``<out>.md`` and, with ``figures_dir``, the low-data figure ``<figures_dir>/<name of out>``.
+
+    Rows are pooled only by ``config_id`` (never across configs); ``exclude_config_ids`` (prefixes
+    as shown in the Markdown) leaves superseded configs out of the summary, not out of the CSVs.
+    """
+    rows = pd.concat([pd.read_csv(t, dtype={"config_id": str}) for t in tables], ignore_index=True, sort=False)
+    drop = rows["config_id"].astype(str).map(lambda c: any(c.startswith(p) for p in exclude_config_ids))
+    summary = aggregate(rows[~drop])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(out.with_suffix(".csv"), index=False)
+    write_markdown(summary, out.with_suffix(".md"), title=title or out.stem)
+    if figures_dir is not None:
+        plot_low_data(summary, figures_dir, name=out.stem)
+    return summary

@@ -152,3 +152,20 @@ def test_cli_experiment_appends_rows(tmp_path, capsys):
     rows = pd.read_csv(out / "cli.csv")
     assert rows["classifier"].tolist() == ["logreg"] and rows["accuracy"].iloc[0] > 0.8
     assert (out / "cli.md").exists()
+
+
+def test_summarize_tables_pools_runs_by_config(tmp_path):
+    from sgc.experiments import summarize_tables
+    splits = _two_digit_splits()
+    kw = dict(splits=splits, classifiers=("logreg",), n_boot=20, out_dir=tmp_path, figures_dir=tmp_path)
+    run_experiment("digits", fractions=(25,), seeds=(0, 1), tag="low", **kw)
+    run_experiment("digits", fractions=(100,), seeds=(0, 1), tag="full", **kw)
+    summary = summarize_tables([tmp_path / "low.csv", tmp_path / "full.csv"], tmp_path / "curve",
+                               figures_dir=tmp_path / "figs", title="curve")
+    assert sorted(summary["fraction_percent"]) == [25, 100] and (summary["seeds"] == 2).all()
+    assert (tmp_path / "curve.csv").exists() and (tmp_path / "curve.md").exists()
+    assert (tmp_path / "figs" / "curve.png").exists()
+    full_id = pd.read_csv(tmp_path / "full.csv")["config_id"].iloc[0]
+    kept = summarize_tables([tmp_path / "low.csv", tmp_path / "full.csv"], tmp_path / "curve2",
+                            exclude_config_ids=[full_id[:8]])
+    assert sorted(kept["fraction_percent"]) == [25]
