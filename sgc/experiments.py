@@ -351,7 +351,7 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
                   "train_size": float(g["train_size"].mean()), "seconds_train": float(g["seconds_train"].mean()),
                   "seconds_eval": float(g["seconds_eval"].mean()), "device": ",".join(sorted(set(g["device"])))})
         for m in METRICS:
-            r[m], r[f"{m}_lo"], r[f"{m}_hi"] = mean_ci_over_seeds(g[m].to_numpy())
+            r[m], r[f"{m}_lo"], r[f"{m}_hi"] = mean_ci_over_seeds(g[m].to_numpy(), bounds=(0.0, 1.0))
         out.append(r)
     return pd.DataFrame(out)
 

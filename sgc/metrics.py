@@ -579,12 +579,13 @@ def fit_temperature(logits_val, y_val, *, prior=None,
     return float(np.exp(g))
 
 
-def mean_ci_over_seeds(values, alpha: float = 0.05) -> tuple[float, float, float]:
+def mean_ci_over_seeds(values, alpha: float = 0.05, bounds: tuple | None = None) -> tuple[float, float, float]:
     """(mean, lower, upper): Student-t interval of a metric over independent seeds.
 
     values: (S,) one number per seed (e.g. test AUC of three training runs). With S = 1 the
     interval is (mean, mean). This interval reflects training randomness only; combine it
-    with ``bootstrap_ci`` for test-set sampling error.
+    with ``bootstrap_ci`` for test-set sampling error. ``bounds`` (lo, hi): the metric's range,
+    to which the interval is clipped (with 3 seeds t = 4.3 easily carries an accuracy past 1).
     """
     v = np.asarray(values, dtype=np.float64).ravel()
     if len(v) == 0:
@@ -593,4 +594,7 @@ def mean_ci_over_seeds(values, alpha: float = 0.05) -> tuple[float, float, float
     if len(v) == 1:
         return m, m, m
     half = stats.t.ppf(1 - alpha / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-    return m, float(m - half), float(m + half)
+    lo, hi = m - half, m + half
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return m, float(lo), float(hi)

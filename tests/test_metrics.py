@@ -260,6 +260,8 @@ def test_mean_ci_over_seeds():
     half = stats.t.ppf(0.975, 2) * 0.1 / np.sqrt(3)
     assert m == pytest.approx(0.9) and lo == pytest.approx(0.9 - half) and hi == pytest.approx(0.9 + half)
     assert M.mean_ci_over_seeds([0.7]) == (0.7, 0.7, 0.7)
+    # 0.9 + 0.248 passes 1: clipped to the metric's range, the lower end untouched
+    assert M.mean_ci_over_seeds([0.8, 0.9, 1.0], bounds=(0, 1)) == pytest.approx((0.9, 0.9 - half, 1.0))
 
 
 def test_metrics_with_ci_agrees_with_bootstrap_ci():
