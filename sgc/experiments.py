@@ -398,7 +398,8 @@ def plot_low_data(summary: pd.DataFrame, figures_dir, name: str = "low_data") ->
         gen = clf in GENERATIVE
         ax.errorbar(g["fraction_percent"], g["auc"], yerr=[g["auc"] - g["auc_lo"], g["auc_hi"] - g["auc"]],
                     marker="o" if gen else "s", linestyle="-" if gen else "--", capsize=3, color=f"C{i}",
-                    label=f"{clf} ({'generative' if gen else 'discriminative'}, {cid})")
+                    label=f"{clf} ({'generative' if gen else 'discriminative'}, {cid}"
+                          + (f", {g['train_size'].max():.0f} steps)" if gen else ")"))
     ax.set(xscale="log", xticks=sorted(data["fraction_percent"].unique()), xlabel="training fraction (%)", ylabel="test AUC", title="AUC vs training-set size")
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
