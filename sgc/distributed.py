@@ -13,6 +13,7 @@ process (rank 0 of 1), so library code calls these helpers unconditionally.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -149,6 +150,17 @@ def shard_chunks(n_items: int, chunk: int, rank_: int | None = None, world: int 
 
 
 def cleanup() -> None:
-    """Destroy the process group if this process started one."""
+    """Destroy the process group if this process started one, after every rank got here.
+
+    Without the barrier a rank that finishes first tears down its gloo sockets while another
+    is still shutting down, which can abort that one ("terminate called without an active
+    exception", exit -6) after all work is done. A rank that never arrives (it crashed) is
+    waited for at most 60 s on gloo.
+    """
     if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=timedelta(seconds=60))
+            else:
+                dist.barrier()
         dist.destroy_process_group()
