@@ -420,7 +420,7 @@ def summarize_tables(tables: Sequence, out, *, figures_dir=None, title: str = ""
     as shown in the Markdown) leaves superseded configs out of the summary, not out of the CSVs.
     """
     rows = pd.concat([pd.read_csv(t, dtype={"config_id": str}) for t in tables], ignore_index=True, sort=False)
-    drop = rows["config_id"].astype(str).map(lambda c: any(c.startswith(p) for p in exclude_config_ids))
+    drop = rows["config_id"].map(lambda c: any(c.startswith(p) for p in exclude_config_ids))
     summary = aggregate(rows[~drop])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

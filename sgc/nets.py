@@ -13,7 +13,6 @@ so that the images of a batch do not interact: a likelihood must not depend on i
 from __future__ import annotations
 
 import math
-import weakref
 
 import torch
 import torch.nn as nn
@@ -231,7 +230,8 @@ def count_parameters(model: nn.Module) -> int:
 
 # --------------------------------------------------------------------------- torch.compile
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
-_COMPILED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+# (id(model), mode) -> _Compiled; each entry holds its model, so an id is never reused while cached
+_COMPILED: dict[tuple[int, str], "_Compiled"] = {}
 
 
 class _Compiled:
@@ -266,7 +266,7 @@ def compiled(model: nn.Module, mode: str | None):
         raise ValueError(f"compile must be one of {COMPILE_MODES}, got {mode!r}")
     if mode is None:
         return model
-    per_model = _COMPILED.setdefault(model, {})
-    if mode not in per_model:
-        per_model[mode] = _Compiled(model, mode)
-    return per_model[mode]
+    key = (id(model), mode)
+    if key not in _COMPILED:
+        _COMPILED[key] = _Compiled(model, mode)
+    return _COMPILED[key]
