@@ -46,7 +46,8 @@ def prepare_model(run_dir=None, arch="mlp", size=8, steps=600, device="cpu", see
     from sgc.data import load_dataset
     from sgc.nets import ScoreMLP, ScoreUNet
     from sgc.sde import VPSDE
-    from sgc.train import load_run, train_score_model
+    from sgc.runs import load_run
+    from sgc.train import train_score_model
     splits = load_dataset(dataset, root=root, size=size)
     if run_dir is not None and (Path(run_dir) / "checkpoint.pt").exists():
         model, sde, _ = load_run(run_dir, device)

@@ -54,7 +54,7 @@ from sgc.batch import default_run_dir, ensure_run, environment_summary
 from sgc.classify import score_images
 from sgc.data import DATASETS, load_dataset
 from sgc.sampling import sample_per_class
-from sgc.train import load_run
+from sgc.runs import load_run
 
 assert dataset in DATASETS, f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}"
 for name, value in {"data_options": data_options, "model": model, "sde": sde, "train": train}.items():

@@ -248,7 +248,8 @@ def ensure_run(run_dir, dataset: str = "digits", *,
     from .nets import build_model
     from .pipeline import train_on_dataset
     from .sde import make_sde
-    from .train import TrainConfig, load_run
+    from .runs import load_run
+    from .train import TrainConfig
 
     run_dir = Path(run_dir)
     model = {"arch": "unet", **(model or {})}

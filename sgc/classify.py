@@ -190,7 +190,7 @@ class ScoreClassifier(ClassifierMixin, BaseEstimator):
     @classmethod
     def from_run(cls, run_dir, device=None, **kwargs) -> "ScoreClassifier":
         """A fitted classifier from a trained run folder (EMA weights)."""
-        from .train import load_run
+        from .runs import load_run
         model, sde, config = load_run(run_dir, device or "cpu")
         k = model.num_classes
         train = config.get("train", {})

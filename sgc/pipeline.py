@@ -30,7 +30,8 @@ from .classify import ClassScores, log_prior, posterior, save_scores_csv, score_
 from .data import load_dataset
 from .nets import build_model, count_parameters
 from .sde import make_sde
-from .train import TrainConfig, atomic_write_text, find_checkpoint, load_run, sha256_file, train_score_model
+from .runs import atomic_write_text, find_checkpoint, load_run, sha256_file
+from .train import TrainConfig, train_score_model
 
 __all__ = ["train_on_dataset", "evaluate_run", "DEMO_MODEL", "DEMO_TRAIN", "DEMO_ODE", "DEMO_ELBO"]
 

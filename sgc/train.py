@@ -6,10 +6,8 @@ objective is the likelihood-weighted (g^2) DSM loss, which bounds the NLL.
 
 Training is resumable bit for bit on the same device: the checkpoint holds the weights, the
 EMA weights, the optimiser state, the step and the random-number state of the data and
-noise generator. Checkpoints are ``state_dict``s loaded with ``weights_only=True`` and a
-JSON config next to them (with the git revision, package versions and seeds); files are
-written to a temporary name and renamed, and a sha256 sidecar written last marks a
-checkpoint complete. The previous checkpoint is kept as ``checkpoint.prev.pt``.
+noise generator (``_train_state``). How checkpoints are written, verified and read is the
+run folder's business (``sgc.runs``).
 
 Multi-process (torchrun): DistributedDataParallel over ``sgc.distributed``; every rank draws
 the global batch from the same generator and trains on its slice, so N processes reproduce
@@ -18,15 +16,9 @@ one. SIGTERM / SIGINT write a checkpoint at the end of the current step and stop
 from __future__ import annotations
 
 import copy
-import hashlib
-import importlib.metadata
 import json
 import math
-import os
-import platform
 import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, fields
@@ -37,15 +29,11 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .sde import SDE, TimeSampler, make_sde
-from .nets import build_model
+from .runs import (CHECKPOINT, PREVIOUS, _say, find_checkpoint, load_checkpoint, run_provenance, same_model,
+                   save_checkpoint)
+from .sde import SDE, TimeSampler
 
-__all__ = ["TrainConfig", "train_score_model", "save_checkpoint", "load_checkpoint", "find_checkpoint",
-           "load_run", "atomic_torch_save", "atomic_write_text", "sha256_file", "run_provenance",
-           "TrainingInterrupted", "CHECKPOINT", "PREVIOUS"]
-
-CHECKPOINT = "checkpoint.pt"       # the newest checkpoint of a run folder
-PREVIOUS = "checkpoint.prev.pt"    # the one before, the fallback when the newest is damaged
+__all__ = ["TrainConfig", "train_score_model", "TrainingInterrupted"]
 
 
 @dataclass
@@ -81,37 +69,6 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training option(s) {unknown}; known options: {sorted(known)}")
         return cls(**d)
-
-
-def atomic_write_text(path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _fsync(path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def sha256_file(path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_torch_save(obj, path) -> str:
-    """torch.save to a temporary name, fsync, rename; returns the file's sha256."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    _fsync(tmp)
-    digest = sha256_file(tmp)
-    os.replace(tmp, path)
-    return digest
 
 
 def _lr_at(step: int, cfg: TrainConfig) -> float:
@@ -156,116 +113,19 @@ def dsm_loss(model, sde: SDE, sampler: TimeSampler, x0, y, gen) -> torch.Tensor:
     return (eps_hat.float() - noise).pow(2).mean()
 
 
+def _train_state(model, ema, opt, step, gen, history, running) -> dict:
+    """What a checkpoint holds to resume bit for bit: weights, EMA, optimiser, step, RNG states."""
+    return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+            "step": step, "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "history": json.dumps(history), "running": json.dumps(list(running or []))}
+
+
 @torch.no_grad()
 def _ema_update(ema, model, decay):
     for pe, pm in zip(ema.parameters(), model.parameters()):
         pe.lerp_(pm.detach(), 1 - decay)
     for be, bm in zip(ema.buffers(), model.buffers()):
         be.copy_(bm)
-
-
-# --- checkpoints: checkpoint.pt (newest) and checkpoint.prev.pt (the one before), each
-# verified by a sha256 sidecar written after the file ("<digest>  <name>", sha256sum -c format).
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def save_checkpoint(run_dir, model, ema, opt, step, gen, history, meta, running=None) -> Path:
-    """Write config.json and checkpoint.pt into run_dir; the former checkpoint.pt becomes
-    checkpoint.prev.pt. Every file is written under a temporary name and renamed, and the
-    checksum sidecar is written last, so a crash at any point leaves a complete checkpoint."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps(meta, indent=2))
-    state = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-             "step": step, "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-             "history": json.dumps(history), "running": json.dumps(list(running or []))}
-    tmp = run_dir / (CHECKPOINT + ".new")
-    digest = atomic_torch_save(state, tmp)
-    ckpt, prev = run_dir / CHECKPOINT, run_dir / PREVIOUS
-    if ckpt.exists():
-        os.replace(ckpt, prev)
-        if _sidecar(ckpt).exists():
-            os.replace(_sidecar(ckpt), _sidecar(prev))
-    os.replace(tmp, ckpt)
-    atomic_write_text(_sidecar(ckpt), f"{digest}  {CHECKPOINT}\n")
-    return ckpt
-
-
-def _say(msg: str) -> None:
-    prefix = f"[rank {distributed.rank()}] " if distributed.is_active() else ""
-    print(f"sgc: {prefix}{msg}", file=sys.stderr, flush=True)
-
-
-def find_checkpoint(run_dir) -> Path | None:
-    """The newest complete checkpoint of run_dir (checkpoint.pt, else checkpoint.prev.pt), or None.
-
-    A file counts as complete when its sha256 is one recorded in a sidecar (any of the two:
-    a crash between the renames of ``save_checkpoint`` can leave a file beside the other's
-    sidecar). A file that fails the check is skipped with a message. Runs written before
-    sidecars existed (no sidecar at all) are accepted unverified.
-    """
-    run_dir = Path(run_dir)
-    files = [p for p in (run_dir / CHECKPOINT, run_dir / PREVIOUS) if p.exists()]
-    sidecars = [s for s in (_sidecar(run_dir / CHECKPOINT), _sidecar(run_dir / PREVIOUS)) if s.exists()]
-    if not sidecars:
-        return files[0] if files else None
-    known = {s.read_text().split()[0] for s in sidecars if s.read_text().split()}
-    for p in files:
-        if sha256_file(p) in known:
-            return p
-        _say(f"skipping {p}: its sha256 matches no checksum sidecar (a partial or corrupt write); "
-             f"trying the previous checkpoint")
-    return None
-
-
-def load_checkpoint(run_dir, map_location="cpu") -> tuple[dict, dict]:
-    """(config, checkpoint) of the newest complete checkpoint in run_dir; weights only, never
-    unpickled code."""
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    for p in (cfg_path, run_dir / CHECKPOINT):
-        if not p.exists() and not (p.name == CHECKPOINT and (run_dir / PREVIOUS).exists()):
-            raise FileNotFoundError(f"{p} not found: train a model into {run_dir} first (sgc train --run-dir ...)")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{cfg_path} is not valid JSON ({err}); the run folder is damaged") from None
-    ckpt_path = find_checkpoint(run_dir)
-    if ckpt_path is None:
-        raise ValueError(f"no complete checkpoint in {run_dir}: {CHECKPOINT} (and {PREVIOUS}, if any) fail "
-                         f"their sha256 check. Delete them and retrain, or point --run-dir at a complete run")
-    try:
-        ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated or foreign file
-        raise ValueError(f"cannot read checkpoint {ckpt_path}: {err}. Delete it and retrain, "
-                         f"or point --run-dir at a complete run") from None
-    return config, ckpt
-
-
-def run_provenance(seed: int) -> dict:
-    """Git revision, package versions, host and seeds of this process, for config.json."""
-    def git(*args):
-        try:
-            r = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True,
-                               text=True, timeout=10)
-            return r.stdout.strip() if r.returncode == 0 else None
-        except (OSError, subprocess.SubprocessError):
-            return None
-    packages = {}
-    for name in ("sgc", "torch", "torchdiffeq", "numpy", "scipy", "scikit-learn"):
-        try:
-            packages[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            packages[name] = None
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"git_revision": git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
-            "packages": packages, "python": platform.python_version(), "cuda": torch.version.cuda,
-            "host": platform.node(), "world_size": distributed.world_size(),
-            "seeds": {"seed": seed, "batch_and_noise_generator": seed,
-                      "torch_manual_seed": "seed + rank (dropout only)"},
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 class TrainingInterrupted(RuntimeError):
@@ -298,24 +158,6 @@ class _StopOnSignal:
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
-
-
-def _same_model(a: dict | None, b: dict | None) -> bool:
-    """Model configs equal up to options that do not change the weights (checkpointing)."""
-    strip = lambda c: {k: v for k, v in (c or {}).items() if k != "checkpointing"}  # noqa: E731
-    return strip(a) == strip(b)
-
-
-def load_run(run_dir, device="cpu", use_ema: bool = True):
-    """(model, sde, config) of a trained run, the model in eval mode on ``device``."""
-    config, ckpt = load_checkpoint(run_dir)
-    model = build_model(config["model"])
-    try:
-        model.load_state_dict(ckpt["ema" if use_ema else "model"])
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint in {run_dir} does not match its config.json model "
-                         f"{config['model']}: {str(err).splitlines()[0]}") from None
-    return model.to(device).eval(), make_sde(**config["sde"]), config
 
 
 def train_score_model(model, sde: SDE, images, labels, config: TrainConfig | dict | None = None, *,
@@ -363,7 +205,7 @@ def train_score_model(model, sde: SDE, images, labels, config: TrainConfig | dic
     step, history, running = 0, [], []
     if resume and run_dir is not None and find_checkpoint(run_dir) is not None:
         saved, ckpt = load_checkpoint(run_dir)
-        if not _same_model(saved.get("model"), meta["model"]) or saved.get("sde") != meta["sde"]:
+        if not same_model(saved.get("model"), meta["model"]) or saved.get("sde") != meta["sde"]:
             raise ValueError(f"checkpoint in {run_dir} was trained with model={saved.get('model')}, "
                              f"sde={saved.get('sde')}, not the requested model={meta['model']}, sde={meta['sde']}; "
                              f"use another --run-dir or drop --resume")
@@ -394,7 +236,7 @@ def train_score_model(model, sde: SDE, images, labels, config: TrainConfig | dic
 
     def checkpoint():
         if run_dir is not None and main:
-            save_checkpoint(run_dir, model, ema, opt, step, gen, history, meta, running)
+            save_checkpoint(run_dir, _train_state(model, ema, opt, step, gen, history, running), meta)
         distributed.barrier()
 
     with _StopOnSignal(run_dir is not None) as stop:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sgc.pipeline import train_on_dataset
-from sgc.train import find_checkpoint, load_checkpoint
+from sgc.runs import find_checkpoint, load_checkpoint
 
 MODEL = {"arch": "mlp", "hidden": 16, "blocks": 1, "emb_dim": 8}
 TRAIN = {"steps": 400, "batch_size": 8, "warmup": 10, "log_every": 7, "checkpoint_every": 20, "hflip": True}

@@ -8,7 +8,8 @@ import torch
 from sgc.data import load_dataset
 from sgc.nets import ScoreMLP, ScoreUNet, build_model
 from sgc.sde import VESDE, VPSDE, SubVPSDE, TimeSampler
-from sgc.train import TrainConfig, load_checkpoint, load_run, train_score_model
+from sgc.runs import load_checkpoint, load_run
+from sgc.train import TrainConfig, train_score_model
 
 
 @pytest.fixture(scope="module")
