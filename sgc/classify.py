@@ -44,7 +44,10 @@ def _estimate_chunk(model, sde, x, estimator, levels, dequantize, generator, opt
         from .elbo import elbo_class_scores
         r = elbo_class_scores(model, sde, x, levels=levels, dequantize=dequantize,
                               generator=generator, **options)
-        return r.logp, r.bpd, r.nfe, {"stderr": r.stderr, "evals": r.evals, "alive": r.alive}
+        extra = {"stderr": r.stderr, "evals": r.evals, "alive": r.alive}
+        if r.values is not None:  # keep_draws: per-draw material of sgc.evidence
+            extra.update(u=r.u, t=r.t, values=r.values)
+        return r.logp, r.bpd, r.nfe, extra
     raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
 
 

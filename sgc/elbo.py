@@ -19,7 +19,17 @@ Every class of an image is evaluated at the SAME times and the SAME noise (commo
 numbers), so the class differences have a far smaller variance than the bounds themselves.
 With ``eliminate=True`` classes whose bound is worse than the best class by more than
 ``eliminate_z`` paired standard errors after a round are dropped (Li et al. 2023,
-Diffusion Classifier) and the remaining draws go to the survivors.
+Diffusion Classifier) and the remaining draws go to the survivors; with
+``stop_when_decided=True`` an image whose classes are down to one gets no more draws, so the
+draws go where the classes are close.
+
+Variance reduction, all unbiased: ``t_sampling`` "stratified" (one draw per stratum of the
+density, strata shuffled), "sobol" (a scrambled Sobol sequence per image: every prefix of
+2^k draws is stratified, so an estimate from the first draws is as good as a run with that
+many) or "iid"; ``noise_sampling`` "iid", "antithetic" (pairs e, -e at the same t: the part of
+the error linear in e cancels within a pair) or "sobol" (scrambled Sobol points mapped
+through the normal quantile). ``keep_draws=True`` returns every draw's (u, t, value), the
+material of per-noise-level evidence (``sgc.evidence``).
 
 Units: images enter in [0, 1] (N, C, H, W); the model sees z = 2x - 1. Results are
 log-densities of x on [0, 1]^D in nats (= -L + D ln 2) and bits/dim of the discrete data.
@@ -37,7 +47,11 @@ from .likelihood import to_bits_per_dim, validate_images
 from .nets import compiled
 from .sde import SDE, TimeSampler, _bcast
 
-__all__ = ["ElboResult", "elbo_class_scores", "prior_term", "draw_terms", "control_coef"]
+__all__ = ["ElboResult", "elbo_class_scores", "prior_term", "draw_terms", "control_coef",
+           "T_SAMPLING", "NOISE_SAMPLING"]
+
+T_SAMPLING = ("stratified", "sobol", "iid")
+NOISE_SAMPLING = ("iid", "antithetic", "sobol")
 
 
 @dataclass
@@ -51,6 +65,9 @@ class ElboResult:
     nfe: int               # largest number of draws of one image x class (= forward passes)
     seconds: float         # wall-clock time
     prior: torch.Tensor    # (N,) -E log pi(z_T), nats, model space
+    u: torch.Tensor | None = None       # (N, M) keep_draws: draw's position in [0, 1) of the t density's CDF
+    t: torch.Tensor | None = None       # (N, M) keep_draws: the draw's diffusion time
+    values: torch.Tensor | None = None  # (N, K, M) keep_draws: per-draw bound values, nats, float64, NaN = not drawn
 
 
 def control_coef(sde: SDE, t: torch.Tensor) -> torch.Tensor:
@@ -90,15 +107,51 @@ def draw_terms(model, sde: SDE, z0: torch.Tensor, y: torch.Tensor, t: torch.Tens
     return 0.5 * Z * (err - ctl)
 
 
-def _times(sampler: TimeSampler, n: int, m: int, stratified: bool, generator) -> torch.Tensor:
-    """(n, m) times in [eps, T]; stratified: one draw per stratum of the density, strata shuffled."""
-    if stratified:
+def _seed_from(generator) -> int:
+    """A 62-bit seed drawn from ``generator`` (scrambling seeds of the Sobol engines)."""
+    return int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+
+
+def _sobol(n: int, m: int, dims: int, generator) -> torch.Tensor:
+    """(n, m, dims) scrambled Sobol points in (0, 1), one independently scrambled sequence per row."""
+    out = torch.empty(n, m, dims, dtype=torch.float64)
+    for i in range(n):
+        eng = torch.quasirandom.SobolEngine(dims, scramble=True, seed=_seed_from(generator))
+        out[i] = eng.draw(m, dtype=torch.float64)
+    return out.clamp(2.0 ** -40, 1 - 2.0 ** -40)  # the normal quantile needs the open interval
+
+
+def _times(sampler: TimeSampler, n: int, m: int, method: str, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u, t), both (n, m): positions u in [0, 1) of the density's CDF and the times t in [eps, T].
+
+    method: "stratified" (one draw per stratum of width 1/m, strata in random order), "sobol"
+    (scrambled Sobol order: the first 2^k draws hit each stratum of width 2^-k once) or "iid".
+    """
+    if method == "stratified":
         perm = torch.argsort(torch.rand(n, m, generator=generator), dim=1)
         u = (perm + torch.rand(n, m, generator=generator)) / m
-    else:
+    elif method == "sobol":
+        u = _sobol(n, m, 1, generator)[..., 0]
+    elif method == "iid":
         u = torch.rand(n, m, generator=generator)
+    else:
+        raise ValueError(f"t_sampling must be one of {T_SAMPLING}, got {method!r}")
     t, _ = sampler.sample(n * m, u=u.flatten())
-    return t.view(n, m)
+    return u.double(), t.view(n, m)
+
+
+def _noise(n: int, m: int, shape, method: str, generator) -> torch.Tensor:
+    """(n, m, *shape) standard normal draws for one round: "iid", "antithetic" (draw 2j + 1 =
+    -draw 2j; m even) or "sobol" (scrambled Sobol points through the normal quantile)."""
+    if method == "iid":
+        return torch.randn((n, m, *shape), generator=generator)
+    if method == "antithetic":
+        half = torch.randn((n, m // 2, *shape), generator=generator)
+        return torch.stack([half, -half], 2).reshape(n, m, *shape)
+    if method == "sobol":
+        d = math.prod(shape)
+        return torch.special.ndtri(_sobol(n, m, d, generator)).float().reshape(n, m, *shape)
+    raise ValueError(f"noise_sampling must be one of {NOISE_SAMPLING}, got {method!r}")
 
 
 @torch.no_grad()
@@ -107,12 +160,16 @@ def elbo_class_scores(model, sde: SDE, x: torch.Tensor, classes=None, *,
                       levels: int = 256,              # intensity levels of the source data (bits/dim)
                       dequantize: bool = False,       # uniform dequantization, shared by all classes
                       stratified: bool = True,        # stratified importance-sampled t (else i.i.d.)
+                      t_sampling: str | None = None,  # "stratified", "sobol", "iid" (None: from `stratified`)
+                      noise_sampling: str = "iid",    # "iid", "antithetic" (e, -e at one t), "sobol"
+                      keep_draws: bool = False,       # also return every draw's (u, t, value)
                       eps: float = 1e-5,              # smallest diffusion time
                       eliminate: bool = False,        # adaptive class elimination between rounds
                       first_round: int | None = None,  # draws before the first elimination (n_draws // 4)
                       round_size: int | None = None,  # draws per later round (first_round)
                       eliminate_z: float = 3.0,       # drop a class when its bound is worse by > z paired s.e.
                       min_classes: int = 1,           # never eliminate below this many classes per image
+                      stop_when_decided: bool = False,  # eliminate: no more draws for an image down to one class
                       max_batch: int = 4096,          # network rows per forward pass
                       autocast: str | None = None,    # None (float32) or "bf16" for the network
                       compile: str | None = None,     # torch.compile mode (sgc.nets.COMPILE_MODES)
@@ -122,10 +179,20 @@ def elbo_class_scores(model, sde: SDE, x: torch.Tensor, classes=None, *,
 
     Returns an ``ElboResult`` of (N, K) tensors; logp = -(bound) + D ln 2 in nats. Classes
     default to all of ``model.num_classes``. Draw values are kept in float64 for the sums.
+    With ``noise_sampling="antithetic"`` the draws come in pairs (e, -e) at one t, so n_draws
+    and the elimination rounds must be even; the standard error then treats a pair as one draw.
     """
     validate_images(x, model)
     if n_draws < 2:
         raise ValueError(f"n_draws must be >= 2 to report a standard error, got {n_draws}")
+    method = t_sampling or ("stratified" if stratified else "iid")
+    if method not in T_SAMPLING:
+        raise ValueError(f"t_sampling must be one of {T_SAMPLING}, got {method!r}")
+    if noise_sampling not in NOISE_SAMPLING:
+        raise ValueError(f"noise_sampling must be one of {NOISE_SAMPLING}, got {noise_sampling!r}")
+    pairs = noise_sampling == "antithetic"
+    if pairs and (n_draws % 2 or n_draws < 4):
+        raise ValueError(f"antithetic noise needs an even n_draws >= 4 (pairs e, -e), got {n_draws}")
     classes = list(range(model.num_classes)) if classes is None else list(classes)
     n, k = x.shape[0], len(classes)
     device = next(model.parameters()).device
@@ -136,23 +203,29 @@ def elbo_class_scores(model, sde: SDE, x: torch.Tensor, classes=None, *,
     z0 = (2 * x.float() - 1).to(device)
     shape, dims = z0.shape[1:], z0[0].numel()
     sampler = TimeSampler(sde, "likelihood", eps)
-    t_all = _times(sampler, n, n_draws, stratified, generator)  # (N, M), shared by the classes
+    if pairs:  # one time per pair: (u, t) of pair j at draws 2j and 2j + 1
+        u_all, t_all = (v.repeat_interleave(2, dim=1) for v in _times(sampler, n, n_draws // 2, method, generator))
+    else:
+        u_all, t_all = _times(sampler, n, n_draws, method, generator)  # (N, M), shared by the classes
     ycls = torch.tensor(classes, dtype=torch.long, device=device)
 
     if eliminate:
         first = max(2, min(n_draws, first_round or n_draws // 4))
         step = max(1, round_size or first)
+        if pairs:  # rounds of whole pairs
+            first, step = first + first % 2, max(2, step + step % 2)
         bounds = [first] + list(range(first + step, n_draws, step)) + [n_draws]
         bounds = sorted(set(b for b in bounds if b <= n_draws))
     else:
         bounds = [n_draws]
     vals = torch.full((n, k, n_draws), float("nan"), dtype=torch.float64)
-    alive = torch.ones(n, k, dtype=torch.bool)
+    alive = torch.ones(n, k, dtype=torch.bool)    # not eliminated
+    drawing = alive.clone()                       # still drawn (alive, image not decided)
     done = 0
     for stop in bounds:
         m = stop - done
-        noise = torch.randn((n, m, *shape), generator=generator)  # drawn for every image: reproducible
-        img, cls = alive.nonzero(as_tuple=True)
+        noise = _noise(n, m, shape, noise_sampling, generator)  # drawn for every image: reproducible
+        img, cls = drawing.nonzero(as_tuple=True)
         if len(img):
             rows = len(img)
             chunk = max(1, max_batch // rows)  # draws per forward pass
@@ -167,14 +240,21 @@ def elbo_class_scores(model, sde: SDE, x: torch.Tensor, classes=None, *,
                 vals[img, cls, done + j0:done + j1] = v.view(rows, mm).double().cpu()
         done = stop
         if eliminate and done < n_draws:
-            alive &= ~_eliminated(vals[:, :, :done], alive, eliminate_z, min_classes)
+            alive &= ~_eliminated(_pair_means(vals[:, :, :done]) if pairs else vals[:, :, :done], drawing,
+                                  eliminate_z, min_classes)
+            drawing &= alive
+            if stop_when_decided:  # an image down to one class is decided: no more draws for it
+                drawing &= drawing.sum(1, keepdim=True) > 1
 
+    units = _pair_means(vals) if pairs else vals   # independent units for the standard error
     draws = (~torch.isnan(vals)).sum(2)
-    mean = torch.nansum(vals, 2) / draws
-    var = torch.nansum((vals - mean[..., None]) ** 2, 2) / (draws - 1).clamp_min(1)
-    stderr = (var / draws).sqrt()
-    if eliminate and not alive.all():
-        mean, stderr = _paired_to_survivor(vals, mean, stderr, alive)
+    n_units = (~torch.isnan(units)).sum(2)
+    mean = torch.nansum(units, 2) / n_units
+    var = torch.nansum((units - mean[..., None]) ** 2, 2) / (n_units - 1).clamp_min(1)
+    stderr = (var / n_units).sqrt()
+    most = n_units == n_units.max(1, keepdim=True).values  # classes with every draw of their image
+    if eliminate and not most.all():
+        mean, stderr = _paired_to_survivor(units, mean, stderr, most)
     prior = prior_term(sde, z0).cpu()
     logp = -(prior.double()[:, None] + mean) + dims * math.log(2.0)
     if not torch.isfinite(logp).all():
@@ -183,13 +263,20 @@ def elbo_class_scores(model, sde: SDE, x: torch.Tensor, classes=None, *,
     logp = logp.float()
     return ElboResult(logp=logp, bpd=to_bits_per_dim(logp, dims, levels), stderr=stderr.float(),
                       draws=draws, alive=alive, evals=draws.sum(1), nfe=int(draws.max()),
-                      seconds=time.perf_counter() - start, prior=prior)
+                      seconds=time.perf_counter() - start, prior=prior,
+                      **({"u": u_all, "t": t_all, "values": vals} if keep_draws else {}))
+
+
+def _pair_means(vals: torch.Tensor) -> torch.Tensor:
+    """(N, K, M) draw values in antithetic pairs -> (N, K, M // 2) pair means (NaN where not drawn)."""
+    return vals.view(*vals.shape[:2], -1, 2).mean(3)
 
 
 def _eliminated(vals: torch.Tensor, alive: torch.Tensor, z: float, min_classes: int) -> torch.Tensor:
     """(N, K) bool: alive classes whose bound exceeds the best alive class's by > z paired s.e.
 
-    vals (N, K, M) draw values of the bound (all M present for alive classes).
+    vals (N, K, M) draw values of the bound (all M present for alive classes; rows without an
+    alive class, e.g. images no longer drawn, are never dropped from).
     """
     m = vals.shape[2]
     mean = vals.mean(2).masked_fill(~alive, float("inf"))
