@@ -85,12 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minority-class", type=int, default=1)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--classifiers", nargs="+", default=["score_ode", "score_elbo", "resnet18", "densenet121", "logreg"],
-                   choices=["score_ode", "score_elbo", "resnet18", "densenet121", "logreg"])
+                   choices=["score_ode", "score_elbo", "score_weighted", "resnet18", "densenet121", "logreg"])
     p.add_argument("--model", nargs="*", metavar="KEY=VALUE",
                    help="score network (default sgc.experiments.SCORE_MODEL), e.g. arch=unet channels=16")
     p.add_argument("--train", nargs="*", metavar="KEY=VALUE", help="score-model TrainConfig fields, e.g. steps=1000")
     p.add_argument("--ode", nargs="*", metavar="KEY=VALUE", help="ODE estimator options, e.g. rtol=1e-3")
     p.add_argument("--elbo", nargs="*", metavar="KEY=VALUE", help="bound estimator options, e.g. n_draws=256")
+    p.add_argument("--weighted", nargs="*", metavar="KEY=VALUE",
+                   help="score_weighted: choice of the noise-level weighting on val, e.g. n_bins=16 repeats=10")
+    p.add_argument("--score-run-dir", default=None,
+                   help="score-model run folder template with {seed}: reused when trained as configured, "
+                        "else trained there (default: <work-dir>/<tag>/...)")
     p.add_argument("--baseline", nargs="*", metavar="KEY=VALUE",
                    help="options of the network baselines, e.g. epochs=20 patience=5")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the test split")
@@ -160,7 +165,9 @@ def main(argv=None) -> int:
                 imbalance_ratios=args.imbalance_ratios, minority_class=args.minority_class, seeds=args.seeds,
                 classifiers=args.classifiers, score_model={**SCORE_MODEL, **_kv(args.model)},
                 score_train={**SCORE_TRAIN, **_kv(args.train)},
-                score_eval={"ode": _kv(args.ode) or SCORE_EVAL["ode"], "elbo": _kv(args.elbo) or SCORE_EVAL["elbo"]},
+                score_eval={"ode": _kv(args.ode) or SCORE_EVAL["ode"], "elbo": _kv(args.elbo) or SCORE_EVAL["elbo"],
+                            "weighted": _kv(args.weighted) or SCORE_EVAL["weighted"]},
+                score_run_dir=args.score_run_dir,
                 baseline_options={n: opts for n in ("resnet18", "densenet121")}, n_boot=args.n_boot,
                 out_dir=args.out_dir, figures_dir=args.figures_dir, work_dir=f"{args.work_dir}/{args.tag}",
                 tag=args.tag, device=args.device, threads=args.threads, progress=True)

@@ -6,9 +6,18 @@ the score model once (scored with the exact ODE and/or the Monte-Carlo bound of
 ``sgc.elbo``) and the discriminative baselines of ``sgc.baselines`` on exactly the same
 subset, validation and test splits, and appends one row per seed x setting x classifier to
 ``<out_dir>/<tag>.csv`` (metrics with 95 % bootstrap intervals over test images, the JSON
-config that produced the row, the date and the git revision). It then rewrites
-``<out_dir>/<tag>.md`` (mean and 95 % t-interval over seeds) and, when several fractions
-were run, the low-data figure ``<figures_dir>/low_data_<tag>.png|pdf``.
+config that produced the row, the date and the git revision) and keeps each row's per-image
+validation and test probabilities in ``<out_dir>/<tag>_predictions/`` (``sgc.comparisons``).
+It then rewrites ``<out_dir>/<tag>.md`` (mean and 95 % t-interval over seeds, and paired
+tests of each score model against the other classifiers on the same test images:
+``<tag>_paired.csv``) and, when several fractions were run, the low-data figure
+``<figures_dir>/low_data_<tag>.png|pdf``.
+
+``score_weighted`` is the score model with the weighting of its per-noise-level evidence
+chosen on validation (``sgc.weighting``); when it runs beside ``score_elbo`` both use the same
+draws, so their difference is the weighting's alone. ``score_run_dir`` (a template with
+``{seed}``) reuses finished run folders, e.g. trained by ``sgc train``, after checking that
+they were trained as configured.
 
 Model selection uses validation only: early stopping and the logistic regression's C (in
 ``train_baseline``), the temperature of the score classifier's posterior (``fit_temperature``
@@ -33,19 +42,21 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .comparisons import paired_markdown, paired_tests, write_predictions
 from .data import ImageSet, load_dataset
 
 __all__ = ["fraction_subset", "imbalance_subset", "run_experiment", "aggregate", "write_markdown", "summarize_tables",
            "plot_low_data", "CLASSIFIERS", "SCORE_MODEL", "SCORE_TRAIN", "SCORE_EVAL"]
 
-CLASSIFIERS = ("score_ode", "score_elbo", "resnet18", "densenet121", "logreg")
-GENERATIVE = ("score_ode", "score_elbo")
+CLASSIFIERS = ("score_ode", "score_elbo", "score_weighted", "resnet18", "densenet121", "logreg")
+GENERATIVE = ("score_ode", "score_elbo", "score_weighted")
 # A small conv UNet that trains on a CPU in minutes at 28x28; use channels=32+ and more steps on a GPU.
 SCORE_MODEL = {"arch": "unet", "channels": 16, "channel_mults": [1, 2], "emb_dim": 64}
 SCORE_TRAIN = {"steps": 1000, "batch_size": 64, "lr": 1e-3, "warmup": 100, "weighting": "likelihood",
                "hflip": True, "ema_decay": 0.99, "checkpoint_every": 1000, "log_every": 50}
 SCORE_EVAL = {"ode": {"rtol": 1e-3, "atol": 1e-3, "method": "dopri5", "n_probes": 1},
-              "elbo": {"n_draws": 256}}
+              "elbo": {"n_draws": 256},
+              "weighted": {"n_bins": 16, "folds": 5, "repeats": 10}}  # sgc.weighting.select_weighting options
 METRICS = ("auc", "accuracy", "balanced_accuracy")
 
 
@@ -161,45 +172,127 @@ def _metrics_row(y_test, proba_test, y_val, proba_val, class_names, n_boot, seed
     return row
 
 
-def _score_classifiers(sub, val, test, wanted, *, model_cfg, train_cfg, sde_cfg, eval_cfg, seed,
-                       run_dir, device, progress) -> list[tuple[str, dict, np.ndarray, np.ndarray, dict]]:
-    """Train one score model on ``sub``; (classifier, diagnostics, proba_val, proba_test, config) per estimator."""
-    from .classify import score_images
-    from .metrics import apply_prior, empirical_prior, fit_temperature
+_NOT_TRAINING = ("checkpoint_every", "log_every")  # TrainConfig fields that do not change the weights
+
+
+def _trained_score_model(sub, mcfg, tcfg, sde, run_dir, *, reuse, device, progress):
+    """(EMA model, training seconds): a finished run folder when ``reuse`` (checked against the
+    requested model, SDE, training options and training images), else trained (resumed) there."""
+    from dataclasses import asdict
+
     from .nets import build_model
+    from .runs import find_checkpoint, load_checkpoint, load_run, same_model
+    from .train import train_score_model
+    torch.manual_seed(tcfg.seed)  # the initial weights follow the seed
+    net = build_model(mcfg)
+    if reuse and run_dir is not None and find_checkpoint(run_dir) is not None:
+        saved, ckpt = load_checkpoint(run_dir)
+        want = {k: v for k, v in asdict(tcfg).items() if k not in _NOT_TRAINING}
+        have = {k: v for k, v in saved.get("train", {}).items() if k not in _NOT_TRAINING}
+        data = saved.get("data", {})
+        counts = np.bincount(sub.labels, minlength=len(sub.class_names)).tolist()
+        problems = [what for what, ok in (
+            ("model", same_model(saved.get("model"), net.config)), ("sde", saved.get("sde") == sde.config()),
+            ("train", have == want), ("n_train", data.get("n_train") == len(sub)),
+            ("train_counts", data.get("train_counts", counts) == counts)) if not ok]
+        if problems:
+            raise ValueError(f"{run_dir} holds a model trained differently ({', '.join(problems)}: "
+                             f"{ {k: saved.get(k) for k in ('model', 'sde', 'train')} }); use another score run "
+                             f"folder or the same options")
+        if int(ckpt["step"]) >= tcfg.steps:
+            model, _, _ = load_run(run_dir, device or "cpu")
+            seconds = Path(run_dir) / "train_seconds.txt"
+            return model, float(seconds.read_text()) if seconds.exists() else float("nan")
+    start = time.perf_counter()
+    _, ema, _ = train_score_model(net, sde, sub.images, sub.labels, tcfg, run_dir=run_dir, device=device,
+                                  progress=progress, resume=reuse, extra_meta={"data": {
+                                      "n_train": len(sub), "train_counts": np.bincount(
+                                          sub.labels, minlength=len(sub.class_names)).tolist()}})
+    return ema, time.perf_counter() - start
+
+
+def _evidence(model, sde, ds, run_dir, opts, *, seed, levels, dequantize, progress):
+    """Per-draw evidence of split ``ds``, cached in the run folder (keyed by checkpoint, options, images)."""
+    from .evidence import compute_evidence, evidence_key, load_evidence, save_evidence
+    from .runs import find_checkpoint, sha256_file
+    opts = dict(opts)
+    bs = int(opts.pop("batch_size", 64))
+    path, key = None, None
+    ckpt = find_checkpoint(run_dir) if run_dir is not None else None
+    if ckpt is not None:
+        key = evidence_key(checkpoint=sha256_file(ckpt), options=opts, batch_size=bs, seed=seed, levels=levels,
+                           dequantize=dequantize, ids=list(map(str, ds.ids)))
+        path = Path(run_dir) / f"evidence_{key}.npz"
+        if path.exists():
+            ev = load_evidence(path, key)
+            if ev is not None:
+                return ev
+    ev = compute_evidence(model, sde, ds.images, ids=ds.ids, labels=ds.labels, batch_size=bs, levels=levels,
+                          dequantize=dequantize, seed=seed, progress=progress, **opts)
+    if path is not None:
+        save_evidence(path, ev, key)
+    return ev
+
+
+def _score_classifiers(sub, val, test, wanted, *, model_cfg, train_cfg, sde_cfg, eval_cfg, seed,
+                       run_dir, device, progress, reuse=False) -> list[tuple[str, dict, np.ndarray, np.ndarray, dict]]:
+    """Train (or reuse) one score model on ``sub``; (classifier, diagnostics, proba_val, proba_test, config) each."""
+    from .classify import score_images
+    from .evidence import weighted_scores
+    from .metrics import apply_prior, empirical_prior, fit_temperature
     from .sde import make_sde
-    from .train import TrainConfig, train_score_model
+    from .train import TrainConfig
+    from .weighting import weighted_posteriors
     c, h, _ = sub.shape
     k = len(sub.class_names)
     mcfg = {**model_cfg, "num_classes": k, "in_channels": c, "image_size": h}
     tcfg = TrainConfig.from_dict({"levels": sub.levels, **train_cfg, "seed": seed})
-    torch.manual_seed(seed)
-    net = build_model(mcfg)
     sde = make_sde(**sde_cfg)
-    start = time.perf_counter()
-    _, ema, _ = train_score_model(net, sde, sub.images, sub.labels, tcfg, run_dir=run_dir, device=device,
-                                  progress=progress, extra_meta={"data": {"n_train": len(sub)}})
-    train_s = time.perf_counter() - start
+    ema, train_s = _trained_score_model(sub, mcfg, tcfg, sde, run_dir, reuse=reuse, device=device, progress=progress)
     ema.eval()
     prior = empirical_prior(sub.labels, k)
+    shared = "score_weighted" in wanted   # score_elbo then reads the bound off the same draws
     out = []
     for name in wanted:
-        est = name.split("_", 1)[1]
+        est = "elbo" if name == "score_weighted" else name.split("_", 1)[1]
         opts = dict(eval_cfg.get(est, {}))
         bs = int(opts.pop("batch_size", 64))
-        kw = dict(estimator=est, batch_size=bs, levels=sub.levels, dequantize=tcfg.dequantize, seed=seed,
-                  progress=progress, **opts)
         t0 = time.perf_counter()
-        ll_val = score_images(ema, sde, val.images, **kw).log_lik
-        s_test = score_images(ema, sde, test.images, **kw)
-        eval_s = time.perf_counter() - t0
-        temp = fit_temperature(ll_val, val.labels, prior=prior)
+        extra_cfg, diag = {}, {}
+        if est == "elbo" and shared:
+            kw = dict(seed=seed, levels=sub.levels, dequantize=tcfg.dequantize, progress=progress)
+            eopts = {"t_sampling": "stratified", "noise_sampling": "iid", **opts, "batch_size": bs}  # elbo's defaults
+            ev_val = _evidence(ema, sde, val, run_dir, eopts, **kw)
+            ev_test = _evidence(ema, sde, test, run_dir, eopts, **kw)
+            nfe = float(ev_test.values.shape[2])
+        if name == "score_weighted":
+            wopts = dict(eval_cfg.get("weighted", {}))
+            p_val, p_test, rec = weighted_posteriors(ev_val, ev_test, sde, prior, **wopts)
+            temp = rec["temperature"]
+            extra_cfg = {"weighting": wopts, "decision": "weighting of the per-noise-level evidence chosen by "
+                         "cross-validated AUC on val; posterior: logistic logits, else training prior + "
+                         "temperature fitted on val"}
+            diag = {"weighting_chosen": rec["label"], "weighting": json.dumps(
+                {key: rec[key] for key in ("label", "params", "n_bins", "temperature")}
+                | {"cv": [{key: r[key] for key in ("label", "cv_auc", "cv_auc_sd")} for r in rec["cv"]]},
+                default=str)}
+        else:
+            if est == "elbo" and shared:
+                ll_val, ll_test = weighted_scores(ev_val, sde), weighted_scores(ev_test, sde)
+            else:
+                kw = dict(estimator=est, batch_size=bs, levels=sub.levels, dequantize=tcfg.dequantize, seed=seed,
+                          progress=progress, **opts)
+                ll_val = score_images(ema, sde, val.images, **kw).log_lik
+                s_test = score_images(ema, sde, test.images, **kw)
+                ll_test, nfe = s_test.log_lik, float(np.mean(s_test.nfe))
+            temp = fit_temperature(ll_val, val.labels, prior=prior)
+            p_val, p_test = apply_prior(ll_val, prior, temp), apply_prior(ll_test, prior, temp)
+            extra_cfg = {"decision": "posterior with training-subset prior, temperature fitted on val"}
         config = {"model": mcfg, "train": {**train_cfg, "seed": seed}, "sde": sde_cfg,
-                  "estimator": est, "estimator_options": {**opts, "batch_size": bs},
-                  "decision": "posterior with training-subset prior, temperature fitted on val"}
-        diag = {"seconds_train": train_s, "seconds_eval": eval_s, "temperature": temp,
-                "train_size": int(tcfg.steps), "mean_nfe": float(np.mean(s_test.nfe))}
-        out.append((name, diag, apply_prior(ll_val, prior, temp), apply_prior(s_test.log_lik, prior, temp), config))
+                  "estimator": est, "estimator_options": {**opts, "batch_size": bs}, **extra_cfg}
+        diag = {"seconds_train": train_s, "seconds_eval": time.perf_counter() - t0, "temperature": temp,
+                "train_size": int(tcfg.steps), "mean_nfe": nfe, **diag}
+        out.append((name, diag, p_val, p_test, config))
     return out
 
 
@@ -256,6 +349,7 @@ def run_experiment(dataset: str = "digits", *,
                    out_dir="reports/tables",              # <tag>.csv and <tag>.md go here
                    figures_dir=None,                      # low_data_<tag>.png|pdf (default out_dir/../figures)
                    work_dir=None,                         # score-model run folders (default: a temp folder)
+                   score_run_dir: str | None = None,      # reuse/train score runs here, "{seed}" filled in
                    tag: str = "experiment",
                    device=None, threads: int | None = None, progress: bool = False) -> pd.DataFrame:
     """Run every seed x fraction (x imbalance ratio) x classifier; return this call's rows.
@@ -305,19 +399,24 @@ def run_experiment(dataset: str = "digits", *,
                 results = []
                 wanted = [c for c in classifiers if c in GENERATIVE]
                 if wanted:
-                    run_dir = work / f"f{frac:g}_r{ratio}_s{seed}"
+                    run_dir = (work / f"f{frac:g}_r{ratio}_s{seed}" if score_run_dir is None else
+                               Path(str(score_run_dir).format(seed=seed, fraction=f"{frac:g}", ratio=ratio)))
                     results += _score_classifiers(sub, val, test, wanted, model_cfg=model_cfg, train_cfg=train_cfg,
                                                   sde_cfg=sde_cfg, eval_cfg=eval_cfg, seed=seed, run_dir=run_dir,
-                                                  device=device, progress=progress)
+                                                  device=device, progress=progress, reuse=score_run_dir is not None)
                 for name in classifiers:
                     if name not in GENERATIVE:
                         results.append((name, *_baseline(name, sub, val, test, options=base_opts.get(name, {}),
                                                          seed=seed, device=device, progress=progress)))
                 for name, diag, p_val, p_test, cfg in results:
                     config = {**data_cfg, "classifier": name, **cfg}
+                    cid = _config_id(config)
+                    preds = f"{tag}_predictions/{name}_{cid}_s{seed}.csv"   # relative to out_dir
+                    write_predictions(Path(out_dir) / preds, {"val": (val.ids, val.labels, p_val),
+                                                              "test": (test.ids, test.labels, p_test)})
                     row = {**common, "seed": seed, **setting, "classifier": name,
                            **_metrics_row(test.labels, p_test, val.labels, p_val, list(test.class_names), n_boot, seed),
-                           **diag, "config_id": _config_id(config),
+                           **diag, "config_id": cid, "predictions": preds,
                            "config": json.dumps(config, sort_keys=True, default=str)}
                     rows.append(row)
                     if progress:
@@ -330,6 +429,11 @@ def run_experiment(dataset: str = "digits", *,
         everything = _append_csv(out / f"{tag}.csv", frame)
         summary = aggregate(everything)
         write_markdown(summary, out / f"{tag}.md", title=f"{tag}: {dataset}, mean and 95 % t-interval over seeds")
+        paired = paired_tests(everything, out)
+        if not paired.empty:
+            paired.to_csv(out / f"{tag}_paired.csv", index=False)
+            with open(out / f"{tag}.md", "a") as f:
+                f.write(paired_markdown(paired))
         if summary["fraction_percent"].nunique() > 1:
             plot_low_data(summary, Path(figures_dir) if figures_dir is not None else out.parent / "figures",
                           name=f"low_data_{tag}")

@@ -27,8 +27,8 @@ from sklearn.model_selection import RepeatedStratifiedKFold
 
 from .evidence import Evidence, bin_means, weighted_scores
 
-__all__ = ["select_weighting", "apply_weighting", "fit_logistic", "logistic_logits", "truncated_scores",
-           "candidate_scores", "rank_auc", "LAMBDAS"]
+__all__ = ["select_weighting", "apply_weighting", "weighted_posteriors", "fit_logistic", "logistic_logits",
+           "truncated_scores", "candidate_scores", "rank_auc", "LAMBDAS"]
 
 LAMBDAS = (1000.0, 100.0, 10.0, 1.0, 0.1, 0.01)   # ridge strengths tried, strongest (closest to the bound) first
 
@@ -206,3 +206,19 @@ def apply_weighting(record: dict, ev: Evidence, sde, name: str | None = None) ->
     if row is None:
         raise ValueError(f"no candidate {label!r} in the record; have {[r['label'] for r in record['cv']]}")
     return candidate_scores(row["name"], row["params"], ev, bin_means(ev, record["n_bins"]), sde)
+
+
+def weighted_posteriors(ev_val: Evidence, ev_test: Evidence, sde, prior, **select_options):
+    """(p_val (N, K), p_test (M, K), record): the weighting chosen on validation applied to both splits.
+
+    The chosen scores become a posterior as the bound's do (prior + temperature fitted on
+    validation), except the logistic weighting, whose logits are already fitted on validation.
+    """
+    from .metrics import apply_prior, fit_temperature
+    rec = select_weighting(ev_val, sde, **select_options)
+    s_val, s_test = apply_weighting(rec, ev_val, sde), apply_weighting(rec, ev_test, sde)
+    if rec["chosen"] == "logistic":
+        rec["temperature"] = None
+        return special.softmax(s_val, axis=1), special.softmax(s_test, axis=1), rec
+    rec["temperature"] = fit_temperature(s_val, ev_val.labels, prior=prior)
+    return apply_prior(s_val, prior, rec["temperature"]), apply_prior(s_test, prior, rec["temperature"]), rec

@@ -169,3 +169,41 @@ def test_summarize_tables_pools_runs_by_config(tmp_path):
     kept = summarize_tables([tmp_path / "low.csv", tmp_path / "full.csv"], tmp_path / "curve2",
                             exclude_config_ids=[full_id[:8]])
     assert sorted(kept["fraction_percent"]) == [25]
+
+
+def test_weighted_score_model_keeps_predictions_and_pairs_with_the_others(tmp_path):
+    # score_elbo and score_weighted read the same draws; every row keeps its per-image
+    # probabilities (relative paths) and the table pairs the score models with logreg
+    torch.set_num_threads(1)
+    from sgc.comparisons import read_predictions
+    from sgc.metrics import auc
+    splits = _two_digit_splits()
+    kw = dict(splits=splits, fractions=(100,), seeds=(0,),
+              score_model={"arch": "mlp", "hidden": 32, "blocks": 1, "emb_dim": 16},
+              score_train={"steps": 30, "batch_size": 32, "lr": 2e-3, "warmup": 5, "log_every": 10,
+                           "checkpoint_every": 1000},
+              score_eval={"elbo": {"n_draws": 16}, "weighted": {"n_bins": 4, "folds": 3, "repeats": 2}},
+              n_boot=50, out_dir=tmp_path / "tables", score_run_dir=str(tmp_path / "runs" / "s{seed}"), tag="w")
+    frame = run_experiment("digits", classifiers=("score_elbo", "score_weighted", "logreg"), **kw)
+    assert set(frame["classifier"]) == {"score_elbo", "score_weighted", "logreg"}
+    rec = json.loads(frame.loc[frame["classifier"] == "score_weighted", "weighting"].iloc[0])
+    assert rec["label"] == frame["weighting_chosen"].dropna().iloc[0] and len(rec["cv"]) == 9
+    for _, row in frame.iterrows():
+        assert not row["predictions"].startswith("/")
+        ids, y, p = read_predictions(tmp_path / "tables" / row["predictions"])
+        assert ids == list(map(str, splits["test"].ids)) and abs(auc(y, p) - row["auc"]) < 1e-9
+    assert (tmp_path / "runs" / "s0" / "checkpoint.pt").exists()
+    assert len(list((tmp_path / "runs" / "s0").glob("evidence_*.npz"))) == 2   # val and test draws kept
+    paired = pd.read_csv(tmp_path / "tables" / "w_paired.csv")
+    pairs = set(zip(paired["classifier_a"], paired["classifier_b"]))
+    assert {("score_elbo", "logreg"), ("score_weighted", "logreg")} <= pairs
+    assert len(pairs & {("score_elbo", "score_weighted"), ("score_weighted", "score_elbo")}) == 1
+    assert "Paired tests on the same test images" in (tmp_path / "tables" / "w.md").read_text()
+    # the bound alone (its own draws, no evidence kept) from the reused run: the same config and AUC
+    ckpt_time = (tmp_path / "runs" / "s0" / "checkpoint.pt").stat().st_mtime
+    alone = run_experiment("digits", classifiers=("score_elbo",), **kw)
+    assert (tmp_path / "runs" / "s0" / "checkpoint.pt").stat().st_mtime == ckpt_time   # reused, not retrained
+    shared = frame[frame["classifier"] == "score_elbo"].iloc[0]
+    assert alone["config_id"].iloc[0] == shared["config_id"] and abs(alone["auc"].iloc[0] - shared["auc"]) < 1e-6
+    with pytest.raises(ValueError, match="trained differently"):
+        run_experiment("digits", classifiers=("score_elbo",), **{**kw, "score_train": {**kw["score_train"], "lr": 1e-3}})
