@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 __all__ = ["Evidence", "compute_evidence", "evidence_key", "save_evidence", "load_evidence", "error_weight",
-           "weighted_scores", "bin_means", "bin_edges_t", "WEIGHTINGS"]
+           "weighted_scores", "bin_means", "bin_edges_t", "eliminate_offline", "WEIGHTINGS"]
 
 WEIGHTINGS = ("likelihood", "uniform")
 
@@ -176,3 +176,48 @@ def bin_edges_t(sde, n_bins: int = 16, eps: float = 1e-5) -> np.ndarray:
     out = t.double().numpy()
     out[0], out[-1] = eps, sde.T
     return out
+
+
+def eliminate_offline(ev: Evidence, z: float = 3.0, first_round: int = 16, round_size: int | None = None,
+                      pairs: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """What ``elbo_class_scores(eliminate=True, stop_when_decided=True)`` would spend and return on
+    these draws: ((N, K) likelihood-weighted scores, (N,) network evaluations per image).
+
+    After ``first_round`` draws and then every ``round_size``, classes worse than the best by more
+    than z paired standard errors are dropped (``sgc.elbo``'s rule); an image down to one class
+    stops. A dropped class keeps its difference to the best class on the draws it saw. Antithetic
+    draws (default: from ``ev.options``) count in pairs.
+    """
+    from .elbo import _eliminated
+    pairs = ev.options.get("noise_sampling") == "antithetic" if pairs is None else pairs
+    v = torch.as_tensor(ev.values)
+    n, k, m = v.shape
+    units = v.view(n, k, m // 2, 2).mean(3) if pairs else v
+    per = 2 if pairs else 1
+    step = round_size or first_round
+    stops = sorted({s for s in list(range(first_round, m + 1, step)) + [m] if s >= 2})
+    drawing = torch.ones(n, k, dtype=torch.bool)
+    used = torch.full((n, k), m, dtype=torch.long)             # draws each class saw
+    for s in stops[:-1]:
+        u = units[:, :, :s // per]
+        drop = _eliminated(u, drawing, z, 1)
+        drawing &= ~drop
+        used[drop] = s
+        done = drawing.sum(1) <= 1                             # decided: the survivor stops too
+        used[done & drawing] = torch.minimum(used[done & drawing], torch.tensor(s))
+        drawing &= ~done[:, None]
+    # scores as sgc.elbo reports them: a class with fewer draws than the image's most-drawn ones is
+    # re-expressed relative to the best of those, on the draws both saw
+    scores = np.empty((n, k))
+    for i in range(n):
+        top = [c for c in range(k) if used[i, c] == used[i].max()]
+        means = {c: float(units[i, c, :int(used[i, c]) // per].mean()) for c in top}
+        r = min(top, key=lambda c: means[c])
+        base = units[i, r, :int(used[i, r]) // per].mean()
+        for c in range(k):
+            if c in means:
+                scores[i, c] = -means[c]
+                continue
+            shared = int(used[i, c]) // per
+            scores[i, c] = -float(base + (units[i, c, :shared] - units[i, r, :shared]).mean())
+    return scores, used.sum(1).numpy()

@@ -112,3 +112,29 @@ def test_evidence_files_round_trip_and_refuse_a_stale_key(tmp_path):
         load_evidence(tmp_path / "missing.npz")
     with pytest.raises(ValueError, match="hold no draws"):
         select_weighting(ev.head(8), SDE, n_bins=16, folds=2, repeats=1)
+
+
+@pytest.mark.parametrize("noise", ["iid", "antithetic"])
+def test_offline_elimination_matches_the_online_run(noise):
+    # one image per call, 16 pixels: the online rounds then draw exactly the noise of the full
+    # run (torch's vectorised normal sampler works in blocks of 16 numbers)
+    from sgc.elbo import elbo_class_scores
+    from sgc.evidence import eliminate_offline
+    model = GaussianEps(SDE, means=[-0.5, 0.0, 0.5], stds=[0.2] * 3, image_size=4)
+    g = torch.Generator().manual_seed(5)
+    z = torch.tensor([-0.5, 0.5, 0.0, -0.25, 0.25, 0.5])[:, None, None, None] + 0.2 * torch.randn(6, 1, 4, 4, generator=g)
+    x = ((z + 1) / 2).clamp(0, 1)
+    kw = dict(n_draws=64, t_sampling="sobol", noise_sampling=noise)
+    spent = []
+    for i in range(6):
+        full = elbo_class_scores(model, SDE, x[i:i + 1], keep_draws=True, generator=torch.Generator().manual_seed(i), **kw)
+        ev = Evidence(full.u.numpy(), full.t.numpy(), full.values.numpy(), 1.0, ["a"], np.array([0]),
+                      {"noise_sampling": noise})
+        scores, evals = eliminate_offline(ev, z=2.0, first_round=8)
+        online = elbo_class_scores(model, SDE, x[i:i + 1], eliminate=True, stop_when_decided=True, first_round=8,
+                                   eliminate_z=2.0, generator=torch.Generator().manual_seed(i), **kw)
+        assert int(online.evals[0]) == int(evals[0]), i
+        d_on = (online.logp - online.logp[:, :1]).numpy()
+        assert np.allclose(scores - scores[:, :1], d_on, atol=2e-3), (i, scores, d_on)
+        spent.append(int(evals[0]))
+    assert min(spent) < 3 * 64 and max(spent) <= 3 * 64   # some images decided early
