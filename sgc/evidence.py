@@ -204,7 +204,8 @@ def eliminate_offline(ev: Evidence, z: float = 3.0, first_round: int = 16, round
         drawing &= ~drop
         used[drop] = s
         done = drawing.sum(1) <= 1                             # decided: the survivor stops too
-        used[done & drawing] = torch.minimum(used[done & drawing], torch.tensor(s))
+        stop = done[:, None] & drawing
+        used[stop] = torch.minimum(used[stop], torch.tensor(s))
         drawing &= ~done[:, None]
     # scores as sgc.elbo reports them: a class with fewer draws than the image's most-drawn ones is
     # re-expressed relative to the best of those, on the draws both saw
