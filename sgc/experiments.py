@@ -10,8 +10,8 @@ config that produced the row, the date and the git revision) and keeps each row'
 validation and test probabilities in ``<out_dir>/<tag>_predictions/`` (``sgc.comparisons``).
 It then rewrites ``<out_dir>/<tag>.md`` (mean and 95 % t-interval over seeds, and paired
 tests of each score model against the other classifiers on the same test images:
-``<tag>_paired.csv``) and, when several fractions were run, the low-data figure
-``<figures_dir>/low_data_<tag>.png|pdf``.
+``<tag>_paired.csv``; hand-written notes below ``NOTES_MARK`` survive) and, when several
+fractions were run, the low-data figure ``<figures_dir>/low_data_<tag>.png|pdf``.
 
 ``score_weighted`` is the score model with the weighting of its per-noise-level evidence
 chosen on validation (``sgc.weighting``); when it runs beside ``score_elbo`` both use the same
@@ -58,6 +58,7 @@ SCORE_EVAL = {"ode": {"rtol": 1e-3, "atol": 1e-3, "method": "dopri5", "n_probes"
               "elbo": {"n_draws": 256},
               "weighted": {"n_bins": 16, "folds": 5, "repeats": 10}}  # sgc.weighting.select_weighting options
 METRICS = ("auc", "accuracy", "balanced_accuracy")
+NOTES_MARK = "<!-- notes: what follows is kept when the table above is regenerated -->"
 
 
 # --------------------------------------------------------------------------- subsets
@@ -428,12 +429,14 @@ def run_experiment(dataset: str = "digits", *,
     with _locked(out / f"{tag}.csv"):
         everything = _append_csv(out / f"{tag}.csv", frame)
         summary = aggregate(everything)
-        write_markdown(summary, out / f"{tag}.md", title=f"{tag}: {dataset}, mean and 95 % t-interval over seeds")
+        md = out / f"{tag}.md"
+        notes = md.read_text().partition(NOTES_MARK) if md.exists() else ("", "", "")
+        write_markdown(summary, md, title=f"{tag}: {dataset}, mean and 95 % t-interval over seeds")
         paired = paired_tests(everything, out)
         if not paired.empty:
             paired.to_csv(out / f"{tag}_paired.csv", index=False)
-            with open(out / f"{tag}.md", "a") as f:
-                f.write(paired_markdown(paired))
+        with open(md, "a") as f:
+            f.write(paired_markdown(paired) + ("\n" + notes[1] + notes[2] if notes[1] else ""))
         if summary["fraction_percent"].nunique() > 1:
             plot_low_data(summary, Path(figures_dir) if figures_dir is not None else out.parent / "figures",
                           name=f"low_data_{tag}")

@@ -207,3 +207,16 @@ def test_weighted_score_model_keeps_predictions_and_pairs_with_the_others(tmp_pa
     assert alone["config_id"].iloc[0] == shared["config_id"] and abs(alone["auc"].iloc[0] - shared["auc"]) < 1e-6
     with pytest.raises(ValueError, match="trained differently"):
         run_experiment("digits", classifiers=("score_elbo",), **{**kw, "score_train": {**kw["score_train"], "lr": 1e-3}})
+
+
+def test_notes_below_the_mark_survive_a_regenerated_table(tmp_path):
+    from sgc.experiments import NOTES_MARK
+    kw = dict(splits=_two_digit_splits(), classifiers=("logreg",), fractions=(100,), n_boot=20, out_dir=tmp_path,
+              tag="t")
+    run_experiment("digits", seeds=(0,), **kw)
+    md = tmp_path / "t.md"
+    md.write_text(md.read_text() + "\n" + NOTES_MARK + "\n## What was run\nby hand\n")
+    run_experiment("digits", seeds=(1,), **kw)
+    text = md.read_text()
+    assert text.count(NOTES_MARK) == 1 and text.endswith("## What was run\nby hand\n")
+    assert "| 2 |" in text.split(NOTES_MARK)[0]          # the regenerated table: two seeds now
