@@ -19,7 +19,7 @@ from scipy import stats
 
 __all__ = ["write_predictions", "read_predictions", "paired_tests", "paired_markdown", "auc_difference_over_seeds"]
 
-GENERATIVE = ("score_ode", "score_elbo", "score_weighted")
+GENERATIVE = ("score_weighted", "score_elbo", "score_ode")   # the order of a in a pair of score models
 
 
 def write_predictions(path, splits: dict) -> Path:
@@ -96,8 +96,8 @@ def paired_tests(rows: pd.DataFrame, out_dir, n_boot: int = 2000) -> pd.DataFram
             if clf_a not in GENERATIVE:
                 continue
             for cb, clf_b in configs.items():
-                if cb == ca or (clf_b in GENERATIVE and (clf_b, cb) < (clf_a, ca)):
-                    continue  # each pair of generative configs once
+                if cb == ca or (clf_b in GENERATIVE and (GENERATIVE.index(clf_b), cb) < (GENERATIVE.index(clf_a), ca)):
+                    continue  # each pair of generative configs once, a = the one first in GENERATIVE
                 ra = g[g["config_id"] == ca].drop_duplicates("seed", keep="last").set_index("seed")
                 rb = g[g["config_id"] == cb].drop_duplicates("seed", keep="last").set_index("seed")
                 seeds = sorted(set(ra.index) & set(rb.index))
