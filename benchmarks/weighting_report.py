@@ -105,6 +105,11 @@ def _figure(curve, bins, edges, path):
     a.scatter(e["evals"], e["auc"], marker="*", s=80, color="k", label="likelihood + elimination (z = 1, 2, 3)")
     a.set(xscale="log", xlabel="network evaluations per image (2 classes)", ylabel="test AUC (mean over seeds)",
           title="AUC vs draws")
+    import matplotlib.ticker as mticker
+    ticks = [v for v in (16, 32, 64, 128, 256, 512, 1024) if c["evals"].min() * 0.8 <= v <= c["evals"].max() * 1.25]
+    a.set_xticks(ticks)
+    a.xaxis.set_major_formatter(mticker.ScalarFormatter())
+    a.xaxis.set_minor_locator(mticker.NullLocator())
     a.legend(fontsize=6)
     mid = np.sqrt(edges[:-1] * edges[1:])
     g = bins.groupby("bin", as_index=False).mean(numeric_only=True)

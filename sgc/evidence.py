@@ -89,7 +89,8 @@ def compute_evidence(model, sde, images, *,
                     values=np.asarray(s.extra["values"], dtype=np.float64),
                     Z=TimeSampler(sde, "likelihood", options.get("eps", 1e-5)).Z,
                     ids=[str(i) for i in (range(n) if ids is None else ids)],
-                    labels=np.full(n, -1) if labels is None else np.asarray(labels, dtype=np.int64), options=opts)
+                    labels=np.full(n, -1) if labels is None else np.asarray(labels, dtype=np.int64),
+                    options={**opts, "seconds": s.seconds})   # the cost, kept with a cached file
 
 
 def evidence_key(**parts) -> str:

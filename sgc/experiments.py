@@ -263,8 +263,10 @@ def _score_classifiers(sub, val, test, wanted, *, model_cfg, train_cfg, sde_cfg,
         if est == "elbo" and shared:
             kw = dict(seed=seed, levels=sub.levels, dequantize=tcfg.dequantize, progress=progress)
             eopts = {"t_sampling": "stratified", "noise_sampling": "iid", **opts, "batch_size": bs}  # elbo's defaults
+            t_draw = time.perf_counter()
             ev_val = _evidence(ema, sde, val, run_dir, eopts, **kw)
             ev_test = _evidence(ema, sde, test, run_dir, eopts, **kw)
+            drawn_s = time.perf_counter() - t_draw
             nfe = float(ev_test.values.shape[2])
         if name == "score_weighted":
             wopts = dict(eval_cfg.get("weighted", {}))
@@ -291,7 +293,10 @@ def _score_classifiers(sub, val, test, wanted, *, model_cfg, train_cfg, sde_cfg,
             extra_cfg = {"decision": "posterior with training-subset prior, temperature fitted on val"}
         config = {"model": mcfg, "train": {**train_cfg, "seed": seed}, "sde": sde_cfg,
                   "estimator": est, "estimator_options": {**opts, "batch_size": bs}, **extra_cfg}
-        diag = {"seconds_train": train_s, "seconds_eval": time.perf_counter() - t0, "temperature": temp,
+        seconds = time.perf_counter() - t0
+        if est == "elbo" and shared:   # the draws' cost, whether computed now or read from the run folder
+            seconds += sum(float(e.options.get("seconds", 0.0)) for e in (ev_val, ev_test)) - drawn_s
+        diag = {"seconds_train": train_s, "seconds_eval": seconds, "temperature": temp,
                 "train_size": int(tcfg.steps), "mean_nfe": nfe, **diag}
         out.append((name, diag, p_val, p_test, config))
     return out
