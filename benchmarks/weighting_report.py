@@ -47,7 +47,7 @@ def _posterior(name, s_val, s, y_val, prior):
 
 def one_seed(run_dir, seed, args, elbo, wopts):
     from sgc.data import load_dataset
-    from sgc.experiments import _evidence
+    from sgc.score_runs import cached_evidence
     from sgc.runs import load_run
     model, sde, config = load_run(run_dir)
     data = config["data"]
@@ -56,7 +56,8 @@ def one_seed(run_dir, seed, args, elbo, wopts):
     prior = empirical_prior(splits["train"].labels, len(val.class_names))
     kw = dict(seed=seed, levels=data["levels"], dequantize=config["train"].get("dequantize", True), progress=True)
     eopts = {"t_sampling": "stratified", "noise_sampling": "iid", **elbo}
-    ev_val, ev_test = _evidence(model, sde, val, run_dir, eopts, **kw), _evidence(model, sde, test, run_dir, eopts, **kw)
+    ev_val = cached_evidence(model, sde, val, run_dir, eopts, **kw)
+    ev_test = cached_evidence(model, sde, test, run_dir, eopts, **kw)
     rec = select_weighting(ev_val, sde, **wopts)
     rows, probs = [], {}
     for c in rec["cv"]:

@@ -173,68 +173,6 @@ def _metrics_row(y_test, proba_test, y_val, proba_val, class_names, n_boot, seed
     return row
 
 
-_NOT_TRAINING = ("checkpoint_every", "log_every")  # TrainConfig fields that do not change the weights
-
-
-def _trained_score_model(sub, mcfg, tcfg, sde, run_dir, *, reuse, device, progress):
-    """(EMA model, training seconds): a finished run folder when ``reuse`` (checked against the
-    requested model, SDE, training options and training images), else trained (resumed) there."""
-    from dataclasses import asdict
-
-    from .nets import build_model
-    from .runs import find_checkpoint, load_checkpoint, load_run, same_model
-    from .train import train_score_model
-    torch.manual_seed(tcfg.seed)  # the initial weights follow the seed
-    net = build_model(mcfg)
-    if reuse and run_dir is not None and find_checkpoint(run_dir) is not None:
-        saved, ckpt = load_checkpoint(run_dir)
-        want = {k: v for k, v in asdict(tcfg).items() if k not in _NOT_TRAINING}
-        have = {k: v for k, v in saved.get("train", {}).items() if k not in _NOT_TRAINING}
-        data = saved.get("data", {})
-        counts = np.bincount(sub.labels, minlength=len(sub.class_names)).tolist()
-        problems = [what for what, ok in (
-            ("model", same_model(saved.get("model"), net.config)), ("sde", saved.get("sde") == sde.config()),
-            ("train", have == want), ("n_train", data.get("n_train") == len(sub)),
-            ("train_counts", data.get("train_counts", counts) == counts)) if not ok]
-        if problems:
-            raise ValueError(f"{run_dir} holds a model trained differently ({', '.join(problems)}: "
-                             f"{ {k: saved.get(k) for k in ('model', 'sde', 'train')} }); use another score run "
-                             f"folder or the same options")
-        if int(ckpt["step"]) >= tcfg.steps:
-            model, _, _ = load_run(run_dir, device or "cpu")
-            seconds = Path(run_dir) / "train_seconds.txt"
-            return model, float(seconds.read_text()) if seconds.exists() else float("nan")
-    start = time.perf_counter()
-    _, ema, _ = train_score_model(net, sde, sub.images, sub.labels, tcfg, run_dir=run_dir, device=device,
-                                  progress=progress, resume=reuse, extra_meta={"data": {
-                                      "n_train": len(sub), "train_counts": np.bincount(
-                                          sub.labels, minlength=len(sub.class_names)).tolist()}})
-    return ema, time.perf_counter() - start
-
-
-def _evidence(model, sde, ds, run_dir, opts, *, seed, levels, dequantize, progress):
-    """Per-draw evidence of split ``ds``, cached in the run folder (keyed by checkpoint, options, images)."""
-    from .evidence import compute_evidence, evidence_key, load_evidence, save_evidence
-    from .runs import find_checkpoint, sha256_file
-    opts = dict(opts)
-    bs = int(opts.pop("batch_size", 64))
-    path, key = None, None
-    ckpt = find_checkpoint(run_dir) if run_dir is not None else None
-    if ckpt is not None:
-        key = evidence_key(checkpoint=sha256_file(ckpt), options=opts, batch_size=bs, seed=seed, levels=levels,
-                           dequantize=dequantize, ids=list(map(str, ds.ids)))
-        path = Path(run_dir) / f"evidence_{key}.npz"
-        if path.exists():
-            ev = load_evidence(path, key)
-            if ev is not None:
-                return ev
-    ev = compute_evidence(model, sde, ds.images, ids=ds.ids, labels=ds.labels, batch_size=bs, levels=levels,
-                          dequantize=dequantize, seed=seed, progress=progress, **opts)
-    if path is not None:
-        save_evidence(path, ev, key)
-    return ev
-
-
 def _score_classifiers(sub, val, test, wanted, *, model_cfg, train_cfg, sde_cfg, eval_cfg, seed,
                        run_dir, device, progress, reuse=False) -> list[tuple[str, dict, np.ndarray, np.ndarray, dict]]:
     """Train (or reuse) one score model on ``sub``; (classifier, diagnostics, proba_val, proba_test, config) each."""
@@ -243,13 +181,14 @@ def _score_classifiers(sub, val, test, wanted, *, model_cfg, train_cfg, sde_cfg,
     from .metrics import apply_prior, empirical_prior, fit_temperature
     from .sde import make_sde
     from .train import TrainConfig
+    from .score_runs import cached_evidence, trained_score_model
     from .weighting import weighted_posteriors
     c, h, _ = sub.shape
     k = len(sub.class_names)
     mcfg = {**model_cfg, "num_classes": k, "in_channels": c, "image_size": h}
     tcfg = TrainConfig.from_dict({"levels": sub.levels, **train_cfg, "seed": seed})
     sde = make_sde(**sde_cfg)
-    ema, train_s = _trained_score_model(sub, mcfg, tcfg, sde, run_dir, reuse=reuse, device=device, progress=progress)
+    ema, train_s = trained_score_model(sub, mcfg, tcfg, sde, run_dir, reuse=reuse, device=device, progress=progress)
     ema.eval()
     prior = empirical_prior(sub.labels, k)
     shared = "score_weighted" in wanted   # score_elbo then reads the bound off the same draws
@@ -264,8 +203,8 @@ def _score_classifiers(sub, val, test, wanted, *, model_cfg, train_cfg, sde_cfg,
             kw = dict(seed=seed, levels=sub.levels, dequantize=tcfg.dequantize, progress=progress)
             eopts = {"t_sampling": "stratified", "noise_sampling": "iid", **opts, "batch_size": bs}  # elbo's defaults
             t_draw = time.perf_counter()
-            ev_val = _evidence(ema, sde, val, run_dir, eopts, **kw)
-            ev_test = _evidence(ema, sde, test, run_dir, eopts, **kw)
+            ev_val = cached_evidence(ema, sde, val, run_dir, eopts, **kw)
+            ev_test = cached_evidence(ema, sde, test, run_dir, eopts, **kw)
             drawn_s = time.perf_counter() - t_draw
             nfe = float(ev_test.values.shape[2])
         if name == "score_weighted":
