@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["write_predictions", "read_predictions", "paired_tests", "paired_markdown", "auc_difference_over_seeds"]
+__all__ = ["write_predictions", "read_predictions", "paired_tests", "paired_markdown", "auc_difference_over_seeds",
+           "compare_by_seed", "prediction_files"]
 
 GENERATIVE = ("score_weighted", "score_elbo", "score_ode")   # the order of a in a pair of score models
 
@@ -81,9 +82,56 @@ def auc_difference_over_seeds(y, a, b, n_boot: int = 2000, seed: int = 0) -> dic
     return {"diff": d, "lo": float(lo), "hi": float(hi), "p_value": float(min(1.0, p)), "n_boot": n_boot}
 
 
+def prediction_files(patterns) -> dict[str, dict[int, Path]]:
+    """Group the files matched by glob ``patterns`` named ``<name>_s<seed>.csv`` as {name: {seed: path}}."""
+    import glob
+    import re
+    out: dict[str, dict[int, Path]] = {}
+    for pattern in patterns:
+        files = sorted(glob.glob(str(pattern)))
+        if not files:
+            raise FileNotFoundError(f"no predictions file matches {pattern!r} (sgc experiment writes them to "
+                                    f"<out-dir>/<tag>_predictions/<classifier>_<config>_s<seed>.csv)")
+        for f in files:
+            m = re.fullmatch(r"(.+)_s(\d+)\.csv", Path(f).name)
+            if m is None:
+                raise ValueError(f"{f}: a predictions file name must end in _s<seed>.csv")
+            out.setdefault(m.group(1), {})[int(m.group(2))] = Path(f)
+    return out
+
+
+def compare_by_seed(a: dict, b: dict, n_boot: int = 2000) -> dict | None:
+    """Classifier a against b on the seeds both have, each seed's test images paired.
+
+    a, b: {seed: predictions CSV path}. Returns per seed the two AUCs and the DeLong p-value
+    (two-sided), and over the seeds the mean AUC difference a - b with the paired bootstrap
+    of ``auc_difference_over_seeds`` (diff, lo, hi, p_bootstrap); None when no seed is common
+    or the problem is not binary. Raises when the two scored different test images.
+    """
+    from .metrics import delong_test
+    seeds = sorted(set(a) & set(b))
+    sa, sb, per, y0, ids0 = [], [], [], None, None
+    for s in seeds:
+        ida, ya, pa = read_predictions(a[s])
+        idb, yb, pb = read_predictions(b[s])
+        if ida != idb or not np.array_equal(ya, yb) or (ids0 is not None and ida != ids0):
+            raise ValueError(f"{a[s]} and {b[s]} scored different test images; paired tests need the same images")
+        if pa.shape[1] != 2:
+            return None
+        ids0, y0 = ida, ya
+        sa.append(pa[:, 1])
+        sb.append(pb[:, 1])
+        d = delong_test(ya, pa[:, 1], pb[:, 1], positive=1)
+        per.append({"seed": s, "auc_a": d["auc_a"], "auc_b": d["auc_b"], "p_delong": d["p_value"]})
+    if not seeds:
+        return None
+    boot = auc_difference_over_seeds(y0 == 1, np.array(sa), np.array(sb), n_boot=n_boot)
+    return {"seeds": seeds, "n_test": len(y0), "per_seed": per, "diff": boot["diff"], "lo": boot["lo"],
+            "hi": boot["hi"], "p_bootstrap": boot["p_value"]}
+
+
 def paired_tests(rows: pd.DataFrame, out_dir, n_boot: int = 2000) -> pd.DataFrame:
     """One row per (setting, generative config a, other config b) with predictions for common seeds."""
-    from .metrics import delong_test
     if "predictions" not in rows.columns:
         return pd.DataFrame()
     have = rows[rows["predictions"].notna()].copy()
@@ -100,29 +148,15 @@ def paired_tests(rows: pd.DataFrame, out_dir, n_boot: int = 2000) -> pd.DataFram
                     continue  # each pair of generative configs once, a = the one first in GENERATIVE
                 ra = g[g["config_id"] == ca].drop_duplicates("seed", keep="last").set_index("seed")
                 rb = g[g["config_id"] == cb].drop_duplicates("seed", keep="last").set_index("seed")
-                seeds = sorted(set(ra.index) & set(rb.index))
-                if not seeds:
+                c = compare_by_seed({s: Path(out_dir) / f for s, f in ra["predictions"].items()},
+                                    {s: Path(out_dir) / f for s, f in rb["predictions"].items()}, n_boot=n_boot)
+                if c is None:
                     continue
-                sa, sb, ps, y0, ids0 = [], [], [], None, None
-                for s in seeds:
-                    ida, ya, pa = read_predictions(Path(out_dir) / ra.loc[s, "predictions"])
-                    idb, yb, pb = read_predictions(Path(out_dir) / rb.loc[s, "predictions"])
-                    if ida != idb or not np.array_equal(ya, yb) or (ids0 is not None and ida != ids0):
-                        raise ValueError(f"{ra.loc[s, 'predictions']} and {rb.loc[s, 'predictions']} scored "
-                                         f"different test images; paired tests need the same images")
-                    if pa.shape[1] != 2:
-                        break
-                    ids0, y0 = ida, ya
-                    sa.append(pa[:, 1])
-                    sb.append(pb[:, 1])
-                    ps.append(delong_test(ya, pa[:, 1], pb[:, 1], positive=1)["p_value"])
-                else:
-                    boot = auc_difference_over_seeds(y0 == 1, np.array(sa), np.array(sb), n_boot=n_boot)
-                    out.append({**dict(zip(keys, setting)), "classifier_a": clf_a, "config_a": ca,
-                                "classifier_b": clf_b, "config_b": cb, "seeds": " ".join(map(str, seeds)),
-                                "n_test": len(y0), "auc_diff": boot["diff"], "auc_diff_lo": boot["lo"],
-                                "auc_diff_hi": boot["hi"], "p_bootstrap": boot["p_value"],
-                                "p_delong_per_seed": " / ".join(f"{p:.3g}" for p in ps)})
+                out.append({**dict(zip(keys, setting)), "classifier_a": clf_a, "config_a": ca,
+                            "classifier_b": clf_b, "config_b": cb, "seeds": " ".join(map(str, c["seeds"])),
+                            "n_test": c["n_test"], "auc_diff": c["diff"], "auc_diff_lo": c["lo"],
+                            "auc_diff_hi": c["hi"], "p_bootstrap": c["p_bootstrap"],
+                            "p_delong_per_seed": " / ".join(f"{r['p_delong']:.3g}" for r in c["per_seed"])})
     return pd.DataFrame(out)
 
 

@@ -41,3 +41,26 @@ def test_paired_tests_pair_score_models_with_the_rest_and_refuse_other_images(tm
     rows.append(_row(tmp_path, "score_ode", "ccc", 0, ids[::-1], y[::-1], p()))
     with pytest.raises(ValueError, match="different test images"):
         paired_tests(pd.DataFrame(rows), tmp_path, n_boot=100)
+
+
+def test_compare_by_seed_pairs_each_seed_with_its_own_file(tmp_path):
+    from sgc.comparisons import compare_by_seed, prediction_files
+    rng = np.random.default_rng(2)
+    ids = [f"i{k}" for k in range(50)]
+    y = np.r_[np.ones(20), np.zeros(30)].astype(int)
+    a, b = {}, {}
+    for s in (0, 1, 2):
+        q = np.clip(0.3 * y + rng.random(50) * 0.7, 0, 1)   # informative, different per seed
+        a[s] = write_predictions(tmp_path / "a" / f"mine_s{s}.csv", {"test": (ids, y, np.c_[1 - q, q])})
+        flip = q if s != 1 else 1 - q                         # seed 1 of b: the mirror image of a's seed 1
+        b[s] = write_predictions(tmp_path / "b" / f"other_s{s}.csv", {"test": (ids, y, np.c_[1 - flip, flip])})
+    files = prediction_files([str(tmp_path / "b" / "other_s*.csv")])
+    assert list(files) == ["other"] and sorted(files["other"]) == [0, 1, 2]
+    c = compare_by_seed(a, files["other"], n_boot=200)
+    per = {r["seed"]: r for r in c["per_seed"]}
+    assert per[0]["auc_a"] == per[0]["auc_b"] and per[0]["p_delong"] == 1.0 and per[2]["p_delong"] == 1.0
+    assert np.isclose(per[1]["auc_b"], 1 - per[1]["auc_a"])
+    assert np.isclose(c["diff"], (per[1]["auc_a"] - per[1]["auc_b"]) / 3)
+    assert compare_by_seed(a, {5: b[0]}) is None                              # no common seed
+    with pytest.raises(FileNotFoundError, match="no predictions file matches"):
+        prediction_files([str(tmp_path / "nothing_s*.csv")])
