@@ -69,3 +69,4 @@ def test_recipe_sweep_stops_at_its_cap_and_says_what_is_missing(tmp_path):
     assert result["winner"] is None and result["rows"] == []
     assert result["missing"] == ["base s0", "cosine s0"] and result["verdict"]["status"] == "pending"
     assert "rerun the same command to resume" in (tmp_path / "s.md").read_text()
+    assert not list((tmp_path / "runs").glob("*_s0*"))               # no task started without time left
