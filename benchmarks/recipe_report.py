@@ -2,6 +2,11 @@
 winner's mean over seeds, paired tests (winner vs base, winner vs the baselines' per-image
 probabilities, seed by seed) and the verdict on issue 16's GPU target.
 
+The Markdown is a function of the JSON alone (:func:`render_markdown`), so a report can be
+rendered again without the run folders: ``python benchmarks/recipe_report.py <out>.json``.
+The recorded command never names this machine's folders (:func:`public_command`): the data
+folder becomes a placeholder, other paths are written relative to the repository.
+
 Intervals over seeds are 95 % Student-t (``sgc.metrics.mean_ci_over_seeds``) and shown only
 with at least two seeds; paired tests use ``sgc.comparisons.compare_by_seed`` (DeLong per seed,
 paired bootstrap over test images pooled over seeds).
@@ -10,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -20,12 +27,41 @@ METRICS = ("test_auc_weighted", "test_accuracy_weighted", "test_auc_bound", "tes
 
 
 REPO = Path(__file__).resolve().parents[1]
+# how the Markdown explains the data folder's placeholder in the recorded command
+PLACEHOLDER_NOTE = ("--data-root <folder with ...npz>", ": the folder holding the dataset's file; or leave "
+                    "--data-root out and set SGC_DATA to the folder with one folder per source (medmnist/ ...), "
+                    "sgc's data-root rule")
 
 
 def _where(path) -> str:
     """A path as written into reports: relative to the repository when inside it, else its last part."""
     path = Path(os.path.abspath(path))   # symbolic links kept as they are named
     return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else path.name
+
+
+def public_command(argv: list[str], script: str = "benchmarks/recipe_sweep.py", dataset: str = "breastmnist") -> str:
+    """The command line as written into reports: ``--data-root``'s value becomes
+    ``<folder with <dataset>.npz>`` (the data root is a machine's folder; without the option
+    ``sgc`` finds the data by its data-root rule: ``$SGC_DATA/<source>`` or the default), and
+    every other absolute path is written by :func:`_where` (relative to the repository, else its
+    last part)."""
+    out, argv = [], list(argv)
+    placeholder = f"<folder with {dataset}.npz>"
+    skip = False
+    for i, token in enumerate(argv):
+        if skip:
+            skip = False
+            out.append(placeholder)
+        elif token == "--data-root":
+            out.append(token)
+            skip = i + 1 < len(argv)
+        elif token.startswith("--data-root="):
+            out.append(f"--data-root={placeholder}")
+        elif os.path.isabs(token):
+            out.append(_where(token))
+        else:
+            out.append(token)
+    return f"python {script} " + shlex.join(out)
 
 
 def _joined(per_seed, key, fmt=".3f") -> str:
@@ -106,8 +142,21 @@ def write_report(args, rows, winner, tasks, start, *, command, target, published
               "published_resnet18": published, "missing": missing, "finished_before_this_call": earlier,
               "seconds_wall": time.time() - start, "date": time.strftime("%Y-%m-%d", time.gmtime())}
     out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
+    text = render_markdown(result)
+    out.with_suffix(".md").write_text(text)
+    print(text, end="")
+    return result
+
+
+def render_markdown(result: dict) -> str:
+    """The Markdown report of a sweep's JSON record (see :func:`write_report`)."""
+    command, rows, winner = result["command"], result["rows"], result["winner"]
+    summary, pairs, verdict = result["summary"], result["paired"], result["verdict"]
+    target, published = result["target"], result["published_resnet18"]
+    earlier, missing = result["finished_before_this_call"], result["missing"]
     lines = ["# Training-recipe sweep of the score classifier (chosen on validation)", "",
              f"Command (from the repository root): `{command}`", "",
+             *([f"`{PLACEHOLDER_NOTE[0]}`{PLACEHOLDER_NOTE[1]}", ""] if "--data-root" in command else []),
              f"Run folders: `{result['runs_dir']}/<recipe>_s<seed>` (result.json, per-image probabilities). "
              f"Bound: {', '.join(sorted({str(r['draws']) for r in rows})) or '?'} draws per image x class (Sobol t, "
              "antithetic noise), the same draws for the likelihood weighting ('bound') and the weighting chosen on "
@@ -151,6 +200,21 @@ def write_report(args, rows, winner, tasks, start, *, command, target, published
         lines += ["", f"Read from the run folders (finished before this call): {', '.join(earlier)}."]
     if missing:
         lines += ["", f"Not finished within the caps (rerun the same command to resume): {', '.join(missing)}."]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return result
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    """Render ``<out>.md`` again from ``<out>.json`` (no training, no run folders needed)."""
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        raise SystemExit("usage: python benchmarks/recipe_report.py <out>.json [...]  (writes <out>.md beside it)")
+    for name in paths:
+        path = Path(name)
+        if not path.is_file():
+            raise SystemExit(f"{path}: no such file; give the JSON a recipe sweep wrote (--out <out> -> <out>.json)")
+        path.with_suffix(".md").write_text(render_markdown(json.loads(path.read_text())))
+        print(f"wrote {path.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()

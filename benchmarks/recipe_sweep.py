@@ -50,7 +50,6 @@ import glob
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -301,10 +300,10 @@ def main(argv=None):
         stages = plan(args, winner)
         _launch(args, stages[1], deadline)
         _launch(args, stages[2], deadline)
-    from recipe_report import write_report
+    from recipe_report import public_command, write_report
     tasks = [t for stage in stages for t in stage]
     return write_report(args, _results(args, tasks), winner, tasks, start,
-                        command="python benchmarks/recipe_sweep.py " + shlex.join(argv),
+                        command=public_command(argv, dataset=args.dataset),   # no machine folders
                         target=TARGET, published=PUBLISHED_RESNET18)
 
 

@@ -20,6 +20,24 @@ def _sweep():
     return mod
 
 
+def _report():
+    spec = importlib.util.spec_from_file_location("recipe_report", REPO / "benchmarks" / "recipe_report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_recorded_command_names_no_machine_folder():
+    report = _report()
+    argv = ["--device", "cpu", "--data-root", "../shared/data/medmnist", "--runs-dir", str(REPO / "runs" / "x"),
+            "--out", "/elsewhere/deep/sweep", "--base-model", '{"channels": 16}']
+    cmd = report.public_command(argv)
+    assert "shared" not in cmd and "elsewhere" not in cmd and str(REPO) not in cmd
+    assert "--data-root '<folder with breastmnist.npz>'" in cmd and "--runs-dir runs/x" in cmd
+    assert "--out sweep" in cmd and """--base-model '{"channels": 16}'""" in cmd
+    assert "<folder with digits.npz>" in report.public_command(["--data-root=/d"], dataset="digits")
+
+
 def test_recipe_sweep_smoke_chooses_on_validation_pairs_by_seed_and_resumes(tmp_path):
     sweep = _sweep()
     argv = ["--smoke", "--confirm-seeds", "1", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "sweep")]
@@ -35,6 +53,8 @@ def test_recipe_sweep_smoke_chooses_on_validation_pairs_by_seed_and_resumes(tmp_
     assert result["verdict"]["status"] == "pending"                   # 2 of 3 seeds
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert saved["winner"] == winner and "Winner on validation" in (tmp_path / "sweep.md").read_text()
+    assert _report().render_markdown(saved) == (tmp_path / "sweep.md").read_text()   # the MD is the JSON's
+    assert str(tmp_path) not in saved["command"] and "--runs-dir runs " in saved["command"]
 
     # baselines: the winner's own seed-0 probabilities, and its seed-1 probabilities turned around
     base = tmp_path / "baselines"
