@@ -86,7 +86,7 @@ def log_prior(num_classes: int, prior="uniform", train_labels=None) -> np.ndarra
         if prior == "empirical":
             if train_labels is None:
                 raise ValueError("prior='empirical' needs the training labels")
-            from .metrics import empirical_prior
+            from .decision import empirical_prior
             return np.log(empirical_prior(train_labels, num_classes))
         raise ValueError(f"prior must be 'uniform', 'empirical' or a list of probabilities, got {prior!r}")
     p = np.asarray(prior, dtype=float)
@@ -99,9 +99,9 @@ def posterior(log_lik: np.ndarray, log_p_y: np.ndarray | None = None) -> np.ndar
     """p(y | x) = softmax_k(log p(x | k) + log p(k)), rows sum to one. (N, K) -> (N, K).
 
     ``log_p_y`` is a log prior as from ``log_prior`` (None: uniform); the softmax itself is
-    ``sgc.metrics.apply_prior``, which also takes a temperature.
+    ``sgc.decision.apply_prior``, which also takes a temperature.
     """
-    from .metrics import apply_prior
+    from .decision import apply_prior
     log_lik = np.asarray(log_lik, dtype=np.float64)
     if not np.isfinite(log_lik).all():
         raise ValueError("log-likelihoods contain NaN or inf; rerun the solve with a tighter tolerance")
