@@ -101,11 +101,13 @@ def test_truncated_pgm_is_named(tmp_path):
         read_pgm(tmp_path / "mdb001.pgm")
 
 
-def test_missing_folders_are_clear_errors(tmp_path):
+def test_missing_folders_are_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.delenv("SGC_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))       # the default folders (~/sgc-data/...) are absent
     for name in ("mini_mias", "cbis_ddsm", "inbreast", "vindr_mammo"):
-        with pytest.raises(FileNotFoundError, match="not a folder"):
+        with pytest.raises(FileNotFoundError, match="absent not found .from --data-root.*SGC_DATA"):
             load_dataset(name, root=str(tmp_path / "absent"))
-        with pytest.raises(ValueError, match="pass root="):
+        with pytest.raises(FileNotFoundError, match="sgc-data.* not found .from the default.*--data-root"):
             load_dataset(name)
 
 

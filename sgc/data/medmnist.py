@@ -1,7 +1,8 @@
 """MedMNIST 2-D sets (BreastMNIST first) from their official ``.npz`` files.
 
 File layout: ``<root>/<flag>.npz`` (28x28) or ``<root>/<flag>_<res>.npz`` (MedMNIST+, 64, 128,
-224) with keys ``{train,val,test}_images`` uint8 (N, H, W) or (N, H, W, 3) and
+224); ``root`` None follows the data-root rule (:mod:`sgc.data.roots`: ``$SGC_DATA/medmnist``, else
+``~/.medmnist``) with keys ``{train,val,test}_images`` uint8 (N, H, W) or (N, H, W, 3) and
 ``{train,val,test}_labels`` uint8 (N, 1). The official splits are used as they are.
 
 **BreastMNIST's labels are inverted** relative to the usual convention: in the file
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import ImageSet
+from .roots import not_found, resolve_root
 
 __all__ = ["load_medmnist", "MEDMNIST_2D"]
 
@@ -42,7 +44,8 @@ MEDMNIST_2D = {
 
 def _npz_path(root, flag: str, resolution: int, download: bool) -> Path:
     name = f"{flag}.npz" if resolution == 28 else f"{flag}_{resolution}.npz"
-    path = Path(root if root is not None else Path.home() / ".medmnist") / name
+    dataset = "breastmnist" if flag == "breastmnist" else "medmnist"   # the same folder either way
+    path = resolve_root(dataset, root) / name
     if path.exists():
         return path
     if download:
@@ -54,7 +57,7 @@ def _npz_path(root, flag: str, resolution: int, download: bool) -> Path:
         cls = getattr(medmnist, medmnist.INFO[flag]["python_class"])
         cls(split="train", download=True, root=str(path.parent), size=resolution)
         return path
-    raise FileNotFoundError(f"{path} not found. Put the official MedMNIST file there, or pass "
+    raise FileNotFoundError(f"{not_found(dataset, root, name)} Put the official MedMNIST file there, or pass "
                             "download=True (needs the `medmnist` package and internet).")
 
 
