@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from tqdm.auto import tqdm
 
 from .likelihood import class_log_likelihoods, validate_images
+from .progress import tqdm
 
 __all__ = ["ClassScores", "score_images", "log_prior", "posterior", "save_scores_csv",
            "read_scores_csv", "ScoreClassifier", "ESTIMATORS"]

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
+from ..progress import tqdm
 from .preprocess import PreprocessSettings, preprocess, settings_hash
 
 __all__ = ["CacheError", "CacheResult", "build_cache", "open_cache", "read_source_image"]
