@@ -41,3 +41,14 @@ def test_environment_yml_matches_pyproject():
 def test_makefile_pins_a_cpu_torch():
     text = (REPO / "Makefile").read_text()
     assert re.search(r"TORCH_SPEC \?= torch==\d", text), "the Makefile must pin torch (overridable)"
+
+
+def test_readme_and_makefile_name_the_same_torch_builds():
+    index = re.compile(r"TORCH_SPEC=\"(torch==[\d.]+ --index-url https://download\.pytorch\.org/whl/\w+)\"")
+    readme = set(index.findall((REPO / "README.md").read_text()))
+    makefile = set(index.findall((REPO / "Makefile").read_text()))
+    default = re.search(r"TORCH_SPEC \?= (torch==[\d.]+)", (REPO / "Makefile").read_text()).group(1)
+    assert readme and readme == makefile, f"README: {sorted(readme)}; Makefile: {sorted(makefile)}"
+    assert all(spec.startswith(default + " ") for spec in readme), "README/Makefile pin another torch version"
+    text = (REPO / "README.md").read_text()
+    assert "installs the CPU build" not in text   # only true where pip happens to find a CPU wheel
