@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _table import Column, print_table  # noqa: E402
 from sgc.classify import posterior, score_images  # noqa: E402
 
 
@@ -133,14 +134,14 @@ def main(argv=None):
 
     print(f"\n{args.dataset} {args.size}x{args.size}, {n} test images, {model.num_classes} classes, "
           f"{args.arch}, device {device}")
-    head = f"{'estimator':34s} {'img/s':>8s} {'speed-up':>8s} {'fwd/img':>8s} {'acc':>6s} {'AUC':>6s} " \
-           f"{'top1=ref':>8s} {'Spearman':>8s}" + (f" {'vs released':>11s}" if released else "")
-    print(head)
-    for r in results:
-        print(f"{r['estimator']:34s} {r['images_per_s']:8.2f} {r['speedup_vs_reference']:7.1f}x "
-              f"{r['forward_passes_per_image']:8.0f} {r['accuracy']:6.3f} {r['auc']:6.3f} "
-              f"{r['top1_agreement']:8.3f} {r['spearman_vs_reference']:8.3f}"
-              + (f" {r['speedup_vs_released_code']:10.0f}x" if released else ""))
+    columns = [Column("estimator", "estimator"), Column("images_per_s", "img/s", ".2f"),
+               Column("speedup_vs_reference", "speed-up", ".1f", suffix="x"),
+               Column("forward_passes_per_image", "fwd/img", ".0f"), Column("accuracy", "acc", ".3f"),
+               Column("auc", "AUC", ".3f"), Column("top1_agreement", "top1=ref", ".3f"),
+               Column("spearman_vs_reference", "Spearman", ".3f")]
+    if released:
+        columns.append(Column("speedup_vs_released_code", "vs released", ".0f", suffix="x"))
+    print_table(results, columns)
     out = {"benchmark": "classify", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
            "host": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),

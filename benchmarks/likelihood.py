@@ -33,6 +33,7 @@ from scipy.integrate import solve_ivp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _table import Column, print_table  # noqa: E402
 from sgc.likelihood import log_likelihood, ode_drift  # noqa: E402
 
 
@@ -177,9 +178,8 @@ def main(argv=None):
     speedup = ref_s / sgc_s
     print(f"\nprobability-flow ODE log-likelihood, {args.arch} on {args.dataset} {args.size}x{args.size}, "
           f"{n} images x {k} classes, rtol=atol={args.rtol:g}, device {device}")
-    print(f"{'path':66s} {'s/(img*class)':>14s} {'NFE':>6s} {'total s':>8s}")
-    for r in rows:
-        print(f"{r['path']:66s} {r['s_per_image_class']:14.4f} {r['nfe']:6d} {r['seconds']:8.2f}")
+    print_table(rows, [Column("path", "path"), Column("s_per_image_class", "s/(img*class)", ".4f"),
+                       Column("nfe", "NFE", "d"), Column("seconds", "total s", ".2f")])
     print(f"speed-up {speedup:.1f}x; largest |log p| difference {diff_bpd:.5f} bits/dim "
           f"(mean bpd: reference {float(-ref.mean() / (dims * math.log(2)) + math.log2(levels)):.4f})")
 
