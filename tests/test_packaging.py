@@ -52,3 +52,17 @@ def test_readme_and_makefile_name_the_same_torch_builds():
     assert all(spec.startswith(default + " ") for spec in readme), "README/Makefile pin another torch version"
     text = (REPO / "README.md").read_text()
     assert "installs the CPU build" not in text   # only true where pip happens to find a CPU wheel
+
+
+def test_citation_cff_cites_the_software_and_the_paper():
+    cff = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert cff["cff-version"] == "1.2.0" and cff["type"] == "software"
+    assert cff["message"] and cff["title"] and cff["authors"]
+    assert str(cff["version"]) == project["version"] and cff["license"] == project["license"]
+    refs = {i["value"] for r in cff["references"] for i in r.get("identifiers", [])}
+    assert "arXiv:2502.17727" in refs                      # the paper sgc implements
+    for ref in cff["references"]:                          # the schema wants unique, typed authors
+        names = [(a.get("family-names"), a.get("given-names")) for a in ref["authors"]]
+        assert len(names) == len(set(names)) and ref["type"] and ref["title"]
+    assert (REPO / "LICENSE").read_text().startswith("MIT License")
