@@ -42,7 +42,7 @@ from collections.abc import Iterable, Mapping
 
 import yaml
 
-__all__ = ["OPEN", "ConfigError", "parse_value", "load_yaml", "parse_overrides", "section_items", "merge",
+__all__ = ["OPEN", "ConfigError", "parse_value", "load_yaml", "parse_overrides", "section_items", "merge", "suggest",
            "validate", "apply_overrides", "schema_from_defaults"]
 
 
