@@ -158,7 +158,12 @@ def _status(run_dir) -> str:
 
 
 def _demo(args) -> None:
-    from . import pipeline
+    from . import pipeline, runs
+    with runs.writer_lock(args.run_dir):  # the whole demo: no other writer in between
+        _demo_locked(args, pipeline)
+
+
+def _demo_locked(args, pipeline) -> None:
     from .fileio import atomic_write_json
     train = dict(pipeline.DEMO_TRAIN)
     if args.steps:

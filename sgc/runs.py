@@ -53,7 +53,7 @@ STATUS = "status.json"
 LOCK = ".sgc.lock"
 FORMAT = 2                         # 1: config.json trusted as is; 2: the checkpoint carries its config
 _RESULTS = ("history.json", "train_seconds.txt", "metrics.json", "metrics_*.json", "scores_*.csv",
-            "partial_metrics_*.json", "partial_scores_*.csv")
+            "partial_metrics_*.json", "partial_scores_*.csv", "comparison_*.csv", "partial_comparison_*.csv")
 
 
 def _say(msg: str) -> None:
@@ -122,6 +122,19 @@ def save_checkpoint(run_dir, state: dict, config: dict) -> Path:
     return ckpt
 
 
+def _find(run_dir: Path) -> tuple[Path | None, str | None]:
+    """(newest complete checkpoint, its sha256), or (None, None); see ``find_checkpoint``."""
+    files = [p for p in (run_dir / CHECKPOINT, run_dir / PREVIOUS) if p.exists()]
+    known, _ = _recorded(run_dir)
+    for p in files:
+        digest = sha256_file(p)
+        if not known or digest in known:
+            return p, digest
+        _say(f"skipping {p}: its sha256 matches no checksum sidecar (a partial or corrupt write); "
+             f"trying the previous checkpoint")
+    return None, None
+
+
 def find_checkpoint(run_dir) -> Path | None:
     """The newest complete checkpoint of run_dir (checkpoint.pt, else checkpoint.prev.pt), or None.
 
@@ -130,17 +143,7 @@ def find_checkpoint(run_dir) -> Path | None:
     A file that fails the check is skipped with a message. Runs written before sidecars
     existed (no sidecar at all) are accepted unverified.
     """
-    run_dir = Path(run_dir)
-    files = [p for p in (run_dir / CHECKPOINT, run_dir / PREVIOUS) if p.exists()]
-    known, _ = _recorded(run_dir)
-    if not known:
-        return files[0] if files else None
-    for p in files:
-        if sha256_file(p) in known:
-            return p
-        _say(f"skipping {p}: its sha256 matches no checksum sidecar (a partial or corrupt write); "
-             f"trying the previous checkpoint")
-    return None
+    return _find(Path(run_dir))[0]
 
 
 def has_model(run_dir) -> bool:
@@ -205,23 +208,27 @@ def _at(config, dotted: str):
 def load_checkpoint(run_dir, map_location="cpu") -> tuple[dict, dict]:
     """(config, checkpoint) of the newest complete checkpoint in run_dir; weights only, never
     unpickled code. The config is the checkpoint's own (format 2) or config.json (format 1)."""
-    run_dir = Path(run_dir)
+    config, ckpt, _, _ = _load(Path(run_dir), map_location)
+    return config, ckpt
+
+
+def _load(run_dir: Path, map_location) -> tuple[dict, dict, Path, str]:
     if not (run_dir / CHECKPOINT).exists() and not (run_dir / PREVIOUS).exists():
         raise RunNotFound(f"{run_dir / CHECKPOINT} not found. Train a model into {run_dir} first "
                           f"(sgc train --run-dir {run_dir}), or point --run-dir at a trained run")
-    path = find_checkpoint(run_dir)
+    path, digest = _find(run_dir)
     if path is None:
         raise RunFolderError(f"no complete checkpoint in {run_dir}: {CHECKPOINT} (and {PREVIOUS}, if any) fail "
                              f"their sha256 check. Delete them and retrain, or point --run-dir at a complete run")
     ckpt = _read(path, map_location)
     if "config_json" in ckpt:
-        return _checked_config(run_dir, ckpt, path), ckpt
+        return _checked_config(run_dir, ckpt, path), ckpt, path, digest
     cfg_path = run_dir / CONFIG  # format 1: config.json is all there is
     if not cfg_path.exists():
         raise RunNotFound(f"{cfg_path} not found and {path.name} (an older format) does not carry its config. "
                           f"Restore config.json or retrain")
     try:
-        return json.loads(cfg_path.read_text()), ckpt
+        return json.loads(cfg_path.read_text()), ckpt, path, digest
     except json.JSONDecodeError as err:
         raise RunFolderError(f"{cfg_path} is not valid JSON ({err}). Restore it, or retrain") from None
 
@@ -236,9 +243,8 @@ def _status(step, config: dict) -> dict:
 def run_status(run_dir) -> dict:
     """What the run folder's model is: steps_done, steps_planned, complete (bool), checkpoint
     (file name), checkpoint_sha256, format (1 or 2), read from the verified checkpoint."""
-    config, ckpt = load_checkpoint(run_dir)
-    path = find_checkpoint(run_dir)
-    return {**_status(ckpt.get("step"), config), "checkpoint": path.name, "checkpoint_sha256": sha256_file(path),
+    config, ckpt, path, digest = _load(Path(run_dir), "cpu")
+    return {**_status(ckpt.get("step"), config), "checkpoint": path.name, "checkpoint_sha256": digest,
             "format": int(ckpt.get("format", 1))}
 
 

@@ -49,7 +49,8 @@ def trained(tmp_path_factory):
 def copy_run(src: Path, dst: Path) -> Path:
     dst.mkdir(parents=True)
     for f in ("config.json", "checkpoint.pt", "checkpoint.pt.sha256", "status.json"):
-        shutil.copy(src / f, dst / f)
+        if (src / f).exists():
+            shutil.copy(src / f, dst / f)
     return dst
 
 
@@ -102,7 +103,7 @@ def test_identical_processes_do_not_race_on_temporary_names(trained, tmp_path):
     run = copy_run(trained, tmp_path / "run")
     procs = [subprocess.Popen(classify_cmd(run, "n_draws=16"), env=ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [(p.wait(timeout=300), p.communicate()[1]) for p in procs]
+    results = [(p.communicate(timeout=300)[1], p.returncode)[::-1] for p in procs]
     assert any(rc == 0 for rc, _ in results), results
     for rc, err in results:
         assert rc == 0 or (rc == 2 and "in use by PID" in err and "Traceback" not in err), err
