@@ -169,7 +169,8 @@ def _demo_locked(args, pipeline) -> None:
     if args.steps:
         train["steps"] = args.steps
     start = time.perf_counter()
-    action = pipeline.ensure_trained(args.run_dir, "digits", model=pipeline.DEMO_MODEL, train=train,
+    from .batch import ensure_trained
+    action = ensure_trained(args.run_dir, "digits", model=pipeline.DEMO_MODEL, train=train,
                                      retrain=args.overwrite, device=args.device, progress=True)
     if action == "reused":
         print(f"reusing the model in {args.run_dir} (trained with these settings before)", file=sys.stderr)

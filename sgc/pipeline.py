@@ -23,7 +23,6 @@ import difflib
 import inspect
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ from .nets import build_model, count_parameters
 from .sde import make_sde
 from .train import TrainConfig, train_score_model
 
-__all__ = ["train_on_dataset", "ensure_trained", "evaluate_run", "check_data_options", "check_model_options",
+__all__ = ["train_on_dataset", "evaluate_run", "check_data_options", "check_model_options",
            "check_train_options", "check_estimator_options",
            "DEMO_MODEL", "DEMO_TRAIN", "DEMO_ODE", "DEMO_ELBO"]
 
@@ -192,69 +191,6 @@ def train_on_dataset(dataset: str = "digits", run_dir="runs/digits", *,
             atomic_write_text(run_dir / "history.json", json.dumps(history, indent=1))
             atomic_write_text(run_dir / "train_seconds.txt", f"{time.perf_counter() - start:.1f}\n")
     return ema, history
-
-
-def ensure_trained(run_dir, dataset: str = "digits", *,
-                   data_root=None,                # folder with the dataset's files
-                   data_options: dict | None = None,  # loader keywords, e.g. {"size": 32}
-                   model: dict | None = None,     # network config (arch + keywords)
-                   sde: dict | None = None,       # e.g. {"name": "vp"}
-                   train: dict | None = None,     # TrainConfig fields
-                   retrain: bool = False,         # replace a model of other settings (False: RunExists)
-                   device=None, progress: bool = False) -> str:
-    """Make ``run_dir`` hold the model these settings describe; returns what was done:
-    "reused" (same settings, as many steps), "resumed" (same settings, fewer steps so far),
-    "trained" (no model yet) or "retrained" (other settings or a damaged run, with ``retrain``).
-    """
-    run_dir = Path(run_dir)
-    check_data_options(dataset, data_options)
-    check_model_options(model)
-    check_train_options(train)
-    model = {"arch": "unet", **(model or {})}
-    sde = sde or {"name": "vp"}
-    with runs.writer_lock(run_dir):
-        tr = load_dataset(dataset, root=data_root, **(data_options or {}))["train"]
-        c, h, _ = tr.shape
-        want_model = build_model({**model, "num_classes": len(tr.class_names), "in_channels": c,
-                                  "image_size": h}).config
-        want = {"model": json.loads(json.dumps(want_model)), "sde": make_sde(**sde).config(),
-                "train": asdict(TrainConfig.from_dict({"levels": tr.levels, **(train or {})})),
-                "data": {"dataset": dataset, "options": data_options or {}}}
-        action, why = "trained", ""
-        if runs.has_model(run_dir):
-            try:
-                saved, ckpt = runs.load_checkpoint(run_dir)
-                why = _mismatch(saved, int(ckpt["step"]), want)
-            except (RunFolderError, FileNotFoundError) as err:
-                why = f"it cannot be used ({err})"
-            if not why:
-                if int(ckpt["step"]) == want["train"]["steps"]:
-                    return "reused"
-                action = "resumed"
-            elif not retrain:
-                raise RunExists(f"run folder {run_dir} holds a model trained with other settings: {why}. Pass "
-                                f"--overwrite to replace it and its results, or choose another --run-dir")
-            else:
-                action = "retrained"
-                runs._say(f"retraining {run_dir}: the model there differs: {why}")
-        train_on_dataset(dataset, run_dir, data_root=data_root, data_options=data_options, model=model, sde=sde,
-                         train=train, resume=action == "resumed", overwrite=action == "retrained",
-                         device=device, progress=progress)
-    return action
-
-
-def _mismatch(saved: dict, step: int, want: dict) -> str:
-    """'' when the saved run can be reused or resumed to ``want``, else what differs."""
-    rest = lambda d: {k: v for k, v in d.items() if k not in ("steps", "checkpoint_every", "log_every")}  # noqa: E731
-    diffs = [k for k in ("model", "sde") if saved.get(k) != want[k]]
-    diffs += [f"data.{k}" for k in want["data"] if saved.get("data", {}).get(k) != want["data"][k]]
-    diffs += [f"train.{k}" for k in sorted(set(rest(want["train"])) | set(rest(saved.get("train", {}))))
-              if saved.get("train", {}).get(k) != want["train"].get(k)]
-    steps = want["train"]["steps"]
-    schedule_fixed = want["train"]["lr_schedule"] == "constant"  # else the schedule depends on the planned steps
-    if step > steps or (not schedule_fixed and saved.get("train", {}).get("steps") != steps):
-        diffs.append(f"train.steps ({step} trained, {steps} wanted)")
-    return ", ".join(diffs)
 
 
 def _chunk_seed(seed: int, start: int) -> int:

@@ -189,6 +189,20 @@ def test_training_into_a_run_that_holds_a_model_is_refused(trained, tmp_path):
     assert not (run / "metrics.json").exists() and not list(run.glob("scores_*")) and not (run / "parts").exists()
 
 
+def test_ensure_trained_reuses_resumes_and_refuses_other_settings_unless_told(trained, tmp_path):
+    """What `sgc demo` and the notebooks' ensure_run decide, explicitly."""
+    from sgc.batch import ensure_trained
+    run = copy_run(trained, tmp_path / "run")
+    with one_thread():
+        assert ensure_trained(run, "digits", model=MODEL, train=TRAIN) == "reused"
+        with pytest.raises(RunExists, match="other settings: model.*--overwrite"):
+            ensure_trained(run, "digits", model={**MODEL, "hidden": 8}, train=TRAIN)
+        assert runs.run_status(run)["steps_done"] == 4
+        assert ensure_trained(run, "digits", model=MODEL, train={**TRAIN, "steps": 6}) == "resumed"
+        assert ensure_trained(run, "digits", model={**MODEL, "hidden": 8}, train=TRAIN, retrain=True) == "retrained"
+    assert runs.load_checkpoint(run)[0]["model"]["hidden"] == 8
+
+
 # --- 5. the model's real status; config and checkpoint as one unit -----------------------
 
 def test_an_interrupted_run_is_reported_as_interrupted(tmp_path):
