@@ -11,7 +11,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_STAMP := $(VENV)/.torch-spec
 
-.PHONY: venv demo test bench clean-venv FORCE
+DEMO_ARGS ?=
+# notebooks run by `make test` keep their run folders here (ignored by git), one per checkout
+SGC_RUN_DIR ?= $(CURDIR)/runs/notebooks
+
+.PHONY: venv demo test reports bench clean-venv FORCE
 
 venv: $(STAMP)
 
@@ -34,11 +38,17 @@ $(STAMP): pyproject.toml $(TORCH_STAMP)
 	$(PY) -m pip install --quiet -e ".[dev,notebooks]"
 	touch $(STAMP)
 
+# writes runs/digits/ (ignored by git); reruns reuse its model
 demo: venv
-	$(VENV)/bin/sgc demo
+	$(VENV)/bin/sgc demo $(DEMO_ARGS)
 
 test: venv
-	$(PY) -m pytest tests notebooks --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg
+	SGC_RUN_DIR=$(SGC_RUN_DIR) $(PY) -m pytest tests notebooks --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg
+
+# the committed results: the demo model and the five digits notebooks into reports/ (long)
+reports: venv
+	$(VENV)/bin/sgc demo --run-dir reports/runs/digits --overwrite
+	$(VENV)/bin/sgc batch --dataset digits --out reports/runs --reports-dir reports
 
 bench: venv
 	$(PY) benchmarks/likelihood.py

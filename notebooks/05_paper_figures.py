@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -20,10 +22,13 @@
 #   distributions, the score field $s_\theta(x, t, y) \approx \nabla_x \log p_t(x\mid y)$ a single
 #   class-conditional network learned for each, and the Bayes classifier those scores imply;
 # * the **results tables** across every dataset run so far, read from
-#   `reports/runs/*/metrics_*.json` and `comparison_*.csv` (written by notebook 03).
+#   `reports/runs/*/metrics_*.json` and `comparison_*.csv` (written by notebook 03). Partial
+#   evaluations (a `limit`, a subset missing a class, a model whose training did not finish)
+#   are named `partial_*` and are left out, with a note.
 #
 # Figures are saved as PNG and PDF without timestamps, so regenerating them gives identical
-# files. `sgc batch` points `reports_dir` at the repository's `reports/`.
+# files. `make reports` (`sgc batch --out reports/runs --reports-dir reports`) points them at
+# the repository's `reports/`; a plain `sgc batch` uses the ignored `runs/` instead.
 
 # %% tags=["parameters"]
 runs_dir = None               # folder of run folders with metrics_*.json (None: the repository's reports/runs)
@@ -123,16 +128,18 @@ plt.show()
 # %% [markdown]
 # ## Results across datasets
 #
-# Every evaluation of notebook 03 (`sgc batch --dataset NAME`, or `sgc classify`) leaves a
+# Every full evaluation of notebook 03 (`sgc batch --dataset NAME`, or `sgc classify`) leaves a
 # `metrics_<split>_<estimator>.json` in its run folder. The table collects them; the second
 # table puts the generative classifier next to the discriminative baseline on the same images,
-# with 95 % bootstrap intervals.
+# with 95 % bootstrap intervals. Partial ones are refused: their numbers are not comparable.
 
 # %%
+from sgc.runs import collect_metrics
+
 rows = []
-for path in sorted(runs_dir.glob("*/metrics_*.json")):
-    m = json.loads(path.read_text())
-    rows.append({"dataset": m.get("dataset", path.parent.name), "run": path.parent.name, "split": m.get("split"),
+found, left_out = collect_metrics(runs_dir)  # partial_* evaluations are left out, by name
+for m in found:
+    rows.append({"dataset": m.get("dataset", m["run"]), "run": m["run"], "split": m.get("split"),
                  "estimator": m.get("estimator"), "n": m.get("n"), "accuracy": m.get("accuracy"),
                  "balanced accuracy": m.get("balanced_accuracy"), "AUC": m.get("auc_macro_ovr"),
                  "ECE": m.get("ece"), "bits/dim": m.get("mean_bpd_true_class"), "NFE": m.get("mean_nfe"),
@@ -151,6 +158,8 @@ for path in sorted(runs_dir.glob("*/comparison_*.csv")):
     comparisons.append(frame)
 comparison = pd.concat(comparisons, ignore_index=True) if comparisons else pd.DataFrame()
 print(f"{len(results)} evaluations in {results['run'].nunique()} run folders; {len(comparison)} comparison rows")
+if left_out:
+    print(f"left out {len(left_out)} partial evaluation(s): {', '.join(map(str, left_out))}")
 
 
 def to_markdown(frame: pd.DataFrame, digits: int = 3) -> str:

@@ -1,9 +1,13 @@
 """Papermill runs of the numbered notebooks for one dataset, sharing one run folder.
 
 ``run_batch("breastmnist")`` executes ``notebooks/01_*.ipynb`` ... ``05_*.ipynb`` in order
-into ``reports/runs/breastmnist/`` with the parameters of ``notebooks/params/breastmnist.yaml``
-(overridden by ``params``). Every notebook gets the same ``run_dir`` (that folder), so
-notebook 03 classifies with the checkpoint notebook 02 trained, and so on.
+into ``runs/breastmnist/`` (``out`` = "runs", a folder git ignores) with the parameters of
+``notebooks/params/breastmnist.yaml`` (overridden by ``params``). Every notebook gets the
+same ``run_dir`` (that folder), so notebook 03 classifies with the checkpoint notebook 02
+trained, and so on. Notebook 05 collects the run folders of ``out`` (``runs_dir``) and writes
+its figures and tables to ``reports_dir`` (default ``<out>/summary``). The committed results
+under ``reports/`` change only when asked: ``sgc batch --out reports/runs --reports-dir reports``
+(``make reports``).
 
 - Parameter files are read with ``yaml.safe_load``; string values may name environment
   variables as ``${VAR}`` or ``${VAR:-default}``. Relative paths in keys ending in ``_dir``,
@@ -12,13 +16,14 @@ notebook 03 classifies with the checkpoint notebook 02 trained, and so on.
   overrides) are rejected, naming them (papermill only warns). Each notebook receives the
   keys its ``parameters`` cell declares.
 - Each notebook is written to ``<name>.running.ipynb`` and renamed to ``<name>.ipynb`` when
-  it succeeds. A failure raises ``RuntimeError`` naming the notebook, the cell and the
+  it succeeds. A failure raises ``BatchError`` (a RuntimeError) naming the notebook, the cell and the
   error, and keeps the partial notebook as ``<name>.failed.ipynb``.
 - ``batch.json`` in the run folder records the parameters and seconds of every finished
   notebook; ``resume=True`` skips the leading notebooks already done with the same parameters.
 
-``ensure_run`` is what the notebooks call to reuse the run folder's model when it matches
-the requested configuration and to train one otherwise.
+``ensure_trained`` decides, for a run folder and the settings asked for, whether its model is
+reused, resumed, or (only when told to) retrained; ``ensure_run`` is what the notebooks call
+(retraining allowed, the model returned); ``sgc demo`` calls ``ensure_trained`` without it.
 """
 from __future__ import annotations
 
@@ -27,11 +32,12 @@ import json
 import os
 import re
 import time
-from dataclasses import asdict
 from pathlib import Path
 
+from .errors import BatchError, ConfigError, RunExists, RunFolderError
+
 __all__ = ["NOTEBOOKS_DIR", "list_notebooks", "select_notebooks", "load_params", "expand_env",
-           "notebook_parameters", "check_parameters", "run_batch", "ensure_run", "default_run_dir",
+           "notebook_parameters", "check_parameters", "run_batch", "ensure_trained", "ensure_run", "default_run_dir",
            "environment_summary"]
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
@@ -58,7 +64,7 @@ def select_notebooks(selection, notebooks_dir=None) -> list[Path]:
         key = Path(str(item)).stem
         match = [p for p in available if p.stem == key or p.stem.split("_", 1)[0] == key.zfill(2)]
         if not match:
-            raise ValueError(f"no notebook {item!r}; choose from {[p.stem for p in available]}")
+            raise ConfigError(f"no notebook {item!r}; choose from {[p.stem for p in available]}")
         chosen += [m for m in match if m not in chosen]
     return sorted(chosen)
 
@@ -77,7 +83,7 @@ def expand_env(value):
         if name in os.environ:
             return os.environ[name]
         if default is None:
-            raise ValueError(f"environment variable {name} is not set (used as ${{{name}}}); set it, "
+            raise ConfigError(f"environment variable {name} is not set (used as ${{{name}}}); set it, "
                              f"or write ${{{name}:-default}} in the parameter file")
         return default
 
@@ -93,9 +99,9 @@ def load_params(dataset: str, params_dir=None) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ValueError(f"{path} is not valid YAML: {err}") from None
+        raise ConfigError(f"{path} is not valid YAML: {err}. Fix the file (plain values only: no !!tags)") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping of parameter names to values, not {type(data).__name__}")
+        raise ConfigError(f"{path} must hold a mapping of parameter names to values, not {type(data).__name__}")
     return expand_env(data)
 
 
@@ -116,7 +122,7 @@ def check_parameters(params: dict, notebooks) -> dict[Path, dict]:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         names = ", ".join(p.stem for p in declared)
-        raise ValueError(f"unknown notebook parameter(s) {', '.join(hints)}: not declared by any of "
+        raise ConfigError(f"unknown notebook parameter(s) {', '.join(hints)}: not declared by any of "
                          f"{names}. Known parameters: {sorted(known)}")
     return {nb: {k: v for k, v in params.items() if k in decl} for nb, decl in declared.items()}
 
@@ -150,20 +156,20 @@ def _read_state(path: Path) -> dict:
 
 
 def _write_state(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    from .fileio import atomic_write_text
+    atomic_write_text(path, json.dumps(state, indent=1, sort_keys=True))
 
 
-def run_batch(dataset: str = "digits", notebooks=None, params: dict | None = None, out="reports/runs",
+def run_batch(dataset: str = "digits", notebooks=None, params: dict | None = None, out="runs",
               resume: bool = False, *,
+              reports_dir=None,            # notebook 05's figures/ and tables/ (default: <out>/summary)
               notebooks_dir=None,          # folder of the numbered notebooks (default: the repo's)
               params_dir=None,             # folder of <dataset>.yaml (default: notebooks/params)
               kernel_name: str = "python3",
               log=print) -> list[Path]:
     """Execute the notebooks for ``dataset`` into ``out/<dataset>/``; returns the executed paths.
 
-    Raises ValueError for unknown parameter names, RuntimeError when a notebook fails (naming
+    Raises ValueError for unknown parameter names, BatchError when a notebook fails (naming
     notebook, cell and error; the partial notebook is kept as ``<name>.failed.ipynb``).
     """
     import papermill
@@ -176,7 +182,9 @@ def run_batch(dataset: str = "digits", notebooks=None, params: dict | None = Non
     merged = {**file_params, **(params or {})}
     run_folder = Path(out, dataset).resolve()
     declared = {nb: notebook_parameters(nb) for nb in chosen}
-    for key, value in (("dataset", dataset), ("run_dir", str(run_folder))):
+    reports = Path(reports_dir) if reports_dir is not None else Path(out) / "summary"
+    for key, value in (("dataset", dataset), ("run_dir", str(run_folder)), ("runs_dir", str(Path(out).resolve())),
+                       ("reports_dir", str(reports.resolve()))):
         if any(key in d for d in declared.values()):
             merged.setdefault(key, value)
     per_notebook = {nb: {k: v for k, v in merged.items() if k in d} for nb, d in declared.items()}
@@ -210,14 +218,14 @@ def run_batch(dataset: str = "digits", notebooks=None, params: dict | None = Non
                                        cwd=str(nb.parent), progress_bar=False, log_output=False)
         except PapermillExecutionError as err:
             os.replace(tmp, failed)
-            raise RuntimeError(f"notebook {nb.stem} failed in cell {err.cell_index} of the executed notebook "
+            raise BatchError(f"notebook {nb.stem} failed in cell {err.cell_index} of the executed notebook "
                                f"(execution count {err.exec_count}{_first_line(failed, err.cell_index)}): "
                                f"{err.ename}: {err.evalue}. The partial notebook is kept "
                                f"at {failed}; after fixing, rerun with --resume to continue from {nb.stem}") from None
         except Exception as err:  # kernel died, notebook unreadable, ...
             if tmp.exists():
                 os.replace(tmp, failed)
-            raise RuntimeError(f"notebook {nb.stem} could not be executed: {type(err).__name__}: {err}"
+            raise BatchError(f"notebook {nb.stem} could not be executed: {type(err).__name__}: {err}"
                                + (f"; partial notebook at {failed}" if failed.exists() else "")) from None
         os.replace(tmp, final)
         if failed.exists():
@@ -230,6 +238,76 @@ def run_batch(dataset: str = "digits", notebooks=None, params: dict | None = Non
     return executed
 
 
+def ensure_trained(run_dir, dataset: str = "digits", *,
+                   data_root=None,                # folder with the dataset's files
+                   data_options: dict | None = None,  # loader keywords, e.g. {"size": 32}
+                   model: dict | None = None,     # network config (arch + keywords)
+                   sde: dict | None = None,       # e.g. {"name": "vp"}
+                   train: dict | None = None,     # TrainConfig fields
+                   retrain: bool = False,         # replace a model of other settings (False: RunExists)
+                   device=None, progress: bool = False) -> str:
+    """Make ``run_dir`` hold the model these settings describe; returns what was done:
+    "reused" (same settings, as many steps), "resumed" (same settings, fewer steps so far),
+    "trained" (no model yet) or "retrained" (other settings or a damaged run, with ``retrain``).
+    """
+    from dataclasses import asdict
+    from . import runs
+    from .data import load_dataset
+    from .nets import build_model
+    from .pipeline import check_data_options, check_model_options, check_train_options, train_on_dataset
+    from .sde import make_sde
+    from .train import TrainConfig
+    run_dir = Path(run_dir)
+    check_data_options(dataset, data_options)
+    check_model_options(model)
+    check_train_options(train)
+    model = {"arch": "unet", **(model or {})}
+    sde = sde or {"name": "vp"}
+    with runs.writer_lock(run_dir):
+        tr = load_dataset(dataset, root=data_root, **(data_options or {}))["train"]
+        c, h, _ = tr.shape
+        want_model = build_model({**model, "num_classes": len(tr.class_names), "in_channels": c,
+                                  "image_size": h}).config
+        want = {"model": json.loads(json.dumps(want_model)), "sde": make_sde(**sde).config(),
+                "train": asdict(TrainConfig.from_dict({"levels": tr.levels, **(train or {})})),
+                "data": {"dataset": dataset, "options": data_options or {}}}
+        action, why = "trained", ""
+        if runs.has_model(run_dir):
+            try:
+                saved, ckpt = runs.load_checkpoint(run_dir)
+                why = _mismatch(saved, int(ckpt["step"]), want)
+            except (RunFolderError, FileNotFoundError) as err:
+                why = f"it cannot be used ({err})"
+            if not why:
+                if int(ckpt["step"]) == want["train"]["steps"]:
+                    return "reused"
+                action = "resumed"
+            elif not retrain:
+                raise RunExists(f"run folder {run_dir} holds a model trained with other settings: {why}. Pass "
+                                f"--overwrite to replace it and its results, or choose another --run-dir")
+            else:
+                action = "retrained"
+                runs._say(f"retraining {run_dir}: the model there differs: {why}")
+        train_on_dataset(dataset, run_dir, data_root=data_root, data_options=data_options, model=model, sde=sde,
+                         train=train, resume=action == "resumed", overwrite=action == "retrained",
+                         device=device, progress=progress)
+    return action
+
+
+def _mismatch(saved: dict, step: int, want: dict) -> str:
+    """'' when the saved run can be reused or resumed to ``want``, else what differs."""
+    rest = lambda d: {k: v for k, v in d.items() if k not in ("steps", "checkpoint_every", "log_every")}  # noqa: E731
+    diffs = [k for k in ("model", "sde") if saved.get(k) != want[k]]
+    diffs += [f"data.{k}" for k in want["data"] if saved.get("data", {}).get(k) != want["data"][k]]
+    diffs += [f"train.{k}" for k in sorted(set(rest(want["train"])) | set(rest(saved.get("train", {}))))
+              if saved.get("train", {}).get(k) != want["train"].get(k)]
+    steps = want["train"]["steps"]
+    schedule_fixed = want["train"]["lr_schedule"] == "constant"  # else the schedule depends on the planned steps
+    if step > steps or (not schedule_fixed and saved.get("train", {}).get("steps") != steps):
+        diffs.append(f"train.steps ({step} trained, {steps} wanted)")
+    return ", ".join(diffs)
+
+
 def ensure_run(run_dir, dataset: str = "digits", *,
                data_root=None,                # folder with the dataset's files
                data_options: dict | None = None,  # loader keywords, e.g. {"size": 32}
@@ -239,46 +317,17 @@ def ensure_run(run_dir, dataset: str = "digits", *,
                device=None, progress: bool = False):
     """(ema_model, sde, config, trained) for ``run_dir``, training only when needed.
 
-    The run folder's model is reused when its config.json records the same dataset, data
+    The run folder's model is reused when it was trained with the same dataset, data
     options, network, SDE and training configuration; a run of the same configuration with
-    fewer steps is resumed; anything else is trained from scratch (overwriting the folder's
-    checkpoint). ``trained`` says whether training ran.
+    fewer steps is resumed; anything else is retrained, replacing the folder's model and its
+    results (``sgc.pipeline.ensure_trained`` with ``retrain=True``: the notebooks decide
+    this explicitly). ``trained`` says whether training ran.
     """
-    from .data import load_dataset
-    from .nets import build_model
-    from .pipeline import train_on_dataset
-    from .sde import make_sde
     from .runs import load_run
-    from .train import TrainConfig
-
-    run_dir = Path(run_dir)
-    model = {"arch": "unet", **(model or {})}
-    sde = sde or {"name": "vp"}
-    tr = load_dataset(dataset, root=data_root, **(data_options or {}))["train"]
-    c, h, _ = tr.shape
-    want_model = build_model({**model, "num_classes": len(tr.class_names), "in_channels": c, "image_size": h}).config
-    want_sde = make_sde(**sde).config()
-    want_train = asdict(TrainConfig.from_dict({"levels": tr.levels, **(train or {})}))
-    want_data = {"dataset": dataset, "options": data_options or {}}
-    resume = False
-    if (run_dir / "config.json").exists() and (run_dir / "checkpoint.pt").exists():
-        saved = json.loads((run_dir / "config.json").read_text())
-        same = (saved.get("model") == json.loads(json.dumps(want_model))
-                and saved.get("sde") == want_sde
-                and {k: saved.get("data", {}).get(k) for k in want_data} == want_data)
-        saved_train = saved.get("train", {})
-        rest = lambda d: {k: v for k, v in d.items() if k not in ("steps", "checkpoint_every")}
-        if same and rest(saved_train) == rest(want_train):
-            import torch
-            step = int(torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["step"])
-            if step == want_train["steps"]:
-                net, sde_obj, config = load_run(run_dir, device or "cpu")
-                return net, sde_obj, config, False
-            resume = step < want_train["steps"]
-    train_on_dataset(dataset, run_dir, data_root=data_root, data_options=data_options, model=model, sde=sde,
-                     train=train, resume=resume, device=device, progress=progress)
+    action = ensure_trained(run_dir, dataset, data_root=data_root, data_options=data_options, model=model, sde=sde,
+                            train=train, retrain=True, device=device, progress=progress)
     net, sde_obj, config = load_run(run_dir, device or "cpu")
-    return net, sde_obj, config, True
+    return net, sde_obj, config, action != "reused"
 
 
 def default_run_dir(dataset: str) -> Path:

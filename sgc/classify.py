@@ -113,8 +113,8 @@ def save_scores_csv(path, scores: ClassScores, ids, labels, class_names, post=No
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     post = posterior(scores.log_lik) if post is None else post
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    from .fileio import atomic_path
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image_id", "label", "class", "class_name", "log_lik_nats", "bpd", "posterior",
                     "nfe", "estimator"])
@@ -123,7 +123,6 @@ def save_scores_csv(path, scores: ClassScores, ids, labels, class_names, post=No
                 w.writerow([image_id, "" if labels is None else int(labels[i]), k, name,
                             f"{scores.log_lik[i, k]:.6f}", f"{scores.bpd[i, k]:.6f}", f"{post[i, k]:.6g}",
                             int(scores.nfe[i]), scores.estimator])
-    tmp.replace(path)
     return path
 
 

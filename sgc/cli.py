@@ -1,4 +1,11 @@
-"""The ``sgc`` command: train, classify, demo (and batch, for the notebooks)."""
+"""The ``sgc`` command: train, classify, status, demo (and batch, for the notebooks).
+
+Errors: an error of sgc's own (``sgc.errors.SgcError``, and the built-in ValueError /
+FileNotFoundError / PermissionError / FloatingPointError that sgc raises with a message) is
+printed as one line ``sgc <command> error: <problem>. <fix>`` on stderr with exit code 2; any
+other exception keeps its traceback (it is a bug to report). SIGTERM/SIGINT during training
+exit with 128 + the signal after writing a checkpoint.
+"""
 from __future__ import annotations
 
 import argparse
@@ -13,12 +20,17 @@ __all__ = ["main"]
 def _kv(items) -> dict:
     """Parse ["key=value", ...] with YAML scalars (numbers, booleans, lists) as values."""
     import yaml
+    from .errors import ConfigError
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise SystemExit(f"error: expected key=value, got {item!r}")
+            raise ConfigError(f"expected key=value, got {item!r}. Write options as key=value, e.g. steps=100")
         k, v = item.split("=", 1)
-        value = yaml.safe_load(v)
+        try:
+            value = yaml.safe_load(v)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"the value of {k.strip()!r} is not a plain YAML value ({err}). Write a number, "
+                              f"true/false, a string or a [list]; tags such as !!python/... are refused") from None
         if isinstance(value, str):  # YAML 1.1 reads 1e-5 as a string
             try:
                 value = float(value)
@@ -46,8 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sde", default="vp", choices=["vp", "subvp", "ve"])
     p.add_argument("--train", nargs="*", metavar="KEY=VALUE",
                    help="TrainConfig fields, e.g. steps=8000 batch_size=128 weighting=likelihood")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest complete checkpoint in run-dir (checkpoint.pt, else checkpoint.prev.pt)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true",
+                     help="continue from the newest complete checkpoint in run-dir (checkpoint.pt, else checkpoint.prev.pt)")
+    how.add_argument("--overwrite", action="store_true",
+                     help="replace the model (and its results) that run-dir holds; without this or --resume, "
+                          "training into a run folder that holds a model is refused")
     p.add_argument("--device", default=None, help="cpu, cuda (under torchrun: this rank's GPU)")
 
     p = sub.add_parser("classify", help="per-class log-likelihoods, posteriors and metrics for a split")
@@ -62,9 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="override the data folder recorded in the run")
     p.add_argument("--device", default=None)
 
+    p = sub.add_parser("status", help="what a run folder holds: the model's steps, complete or not, its results")
+    p.add_argument("--run-dir", required=True)
+
     p = sub.add_parser("demo", help="the whole method on scikit-learn's digits (offline, CPU)")
-    p.add_argument("--run-dir", default="reports/runs/digits")
+    p.add_argument("--run-dir", default="runs/digits", help="run folder (default runs/digits, ignored by git)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="classify only the first N test images (results are then partial_*)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a model of other settings in run-dir (default: refuse; the same settings are reused)")
     p.add_argument("--device", default=None)
 
     p = sub.add_parser("batch", help="run the numbered notebooks with papermill for one dataset")
@@ -72,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notebooks", nargs="*", default=None, help="which notebooks, e.g. 01 02 (default: all)")
     p.add_argument("-p", "--param", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                    help="notebook parameters overriding params/<dataset>.yaml")
-    p.add_argument("--out", default="reports/runs", help="parent folder of the run folders")
+    p.add_argument("--out", default="runs", help="parent folder of the run folders (default runs/, ignored by git; "
+                                                 "reports/runs rewrites the committed results)")
+    p.add_argument("--reports-dir", default=None,
+                   help="where notebook 05 writes figures/ and tables/ (default <out>/summary)")
     p.add_argument("--resume", action="store_true", help="skip notebooks already executed")
 
     p = sub.add_parser("experiment", help="low-data / imbalance experiment: score model vs baselines, "
@@ -104,23 +130,78 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _summary(m: dict) -> str:
-    return (f"{m['dataset']} {m['split']} ({m['estimator']}): accuracy {m['accuracy']:.3f}, "
-            f"balanced accuracy {m['balanced_accuracy']:.3f}, "
+    model = (f"model {m['train_steps']} steps" if m.get("model_complete", True) else
+             f"model {m['train_steps']} of {m['train_steps_planned']} steps, INTERRUPTED")
+    partial = f"; PARTIAL ({', '.join(m['partial_reasons'])})" if m.get("partial") else ""
+    return (f"{m['dataset']} {m['split']} ({m['estimator']}, n={m['n']}, {model}{partial}): "
+            f"accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
             f"AUC {'n/a' if m['auc_macro_ovr'] is None else format(m['auc_macro_ovr'], '.3f')}, "
             f"{m['mean_bpd_true_class']:.3f} bits/dim, NFE {m['mean_nfe']:.0f}, "
-            f"{m['seconds']:.0f} s")
+            f"{m['seconds']:.0f} s -> {m.get('metrics_file', 'metrics.json')}")
+
+
+def _status(run_dir) -> str:
+    """Lines describing a run folder: its model and the results beside it."""
+    from . import runs
+    run_dir = Path(run_dir)
+    st = runs.run_status(run_dir)
+    config, _ = runs.load_checkpoint(run_dir)
+    data = config.get("data", {})
+    lines = [f"{run_dir}: {data.get('dataset', '?')} model ({config['model'].get('arch')}, "
+             f"{config.get('parameters', '?')} parameters), {runs.describe_status(st)}, "
+             f"{st['checkpoint']} (format {st['format']})"]
+    for path in sorted(run_dir.glob("*metrics_*.json")):
+        m = json.loads(path.read_text())
+        lines.append(f"  {path.name}: n={m.get('n')}, accuracy {m.get('accuracy', float('nan')):.3f}"
+                     + (f", partial: {', '.join(m.get('partial_reasons') or [])}" if m.get("partial") else ""))
+    return "\n".join(lines)
+
+
+def _demo(args) -> None:
+    from . import pipeline, runs
+    with runs.writer_lock(args.run_dir):  # the whole demo: no other writer in between
+        _demo_locked(args, pipeline)
+
+
+def _demo_locked(args, pipeline) -> None:
+    from .fileio import atomic_write_json
+    train = dict(pipeline.DEMO_TRAIN)
+    if args.steps:
+        train["steps"] = args.steps
+    start = time.perf_counter()
+    from .batch import ensure_trained
+    action = ensure_trained(args.run_dir, "digits", model=pipeline.DEMO_MODEL, train=train,
+                                     retrain=args.overwrite, device=args.device, progress=True)
+    if action == "reused":
+        print(f"reusing the model in {args.run_dir} (trained with these settings before)", file=sys.stderr)
+    common = dict(split="test", batch_size=120, limit=args.limit, device=args.device)
+    fast = pipeline.evaluate_run(args.run_dir, estimator="elbo", estimator_options=pipeline.DEMO_ELBO, **common)
+    m = pipeline.evaluate_run(args.run_dir, estimator="ode", estimator_options=pipeline.DEMO_ODE, **common)
+    m["wall_seconds"] = time.perf_counter() - start
+    m["other_estimators"] = {"elbo": fast}
+    if not m["partial"]:  # metrics.json: the ODE result with the bound's beside it
+        atomic_write_json(Path(args.run_dir) / "metrics.json", m)
+    print(_summary(m))
+    print(_summary(fast) + f" (wall {m['wall_seconds']:.0f} s in all)")
+
+
+def _close_progress_bars() -> None:
+    from tqdm import tqdm
+    for bar in list(getattr(tqdm, "_instances", None) or []):
+        bar.close()
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from . import distributed, pipeline
+    from .errors import SgcError, one_line
     from .train import TrainingInterrupted
     try:
         if args.command == "train":
             pipeline.train_on_dataset(args.dataset, args.run_dir, data_root=args.data_root,
                                       data_options=_kv(args.data), model={"arch": args.arch, **_kv(args.model)},
                                       sde={"name": args.sde}, train=_kv(args.train), resume=args.resume,
-                                      device=args.device)
+                                      overwrite=args.overwrite, device=args.device)
             if distributed.is_main():
                 print(f"trained: {args.run_dir}")
         elif args.command == "classify":
@@ -130,28 +211,14 @@ def main(argv=None) -> int:
                                       data_root=args.data_root, device=args.device)
             if distributed.is_main():
                 print(_summary(m))
+        elif args.command == "status":
+            print(_status(args.run_dir))
         elif args.command == "demo":
-            train = dict(pipeline.DEMO_TRAIN)
-            if args.steps:
-                train["steps"] = args.steps
-            start = time.perf_counter()
-            pipeline.train_on_dataset("digits", args.run_dir, model=pipeline.DEMO_MODEL, train=train,
-                                      device=args.device)
-            fast = pipeline.evaluate_run(args.run_dir, split="test", estimator="elbo",
-                                         estimator_options=pipeline.DEMO_ELBO, batch_size=120,
-                                         device=args.device)
-            m = pipeline.evaluate_run(args.run_dir, split="test", estimator="ode",
-                                      estimator_options=pipeline.DEMO_ODE, batch_size=120,
-                                      device=args.device)
-            m["wall_seconds"] = time.perf_counter() - start
-            m["other_estimators"] = {"elbo": fast}
-            (Path(args.run_dir) / "metrics.json").write_text(json.dumps(m, indent=2))
-            print(_summary(m))
-            print(_summary(fast) + f" (wall {m['wall_seconds']:.0f} s in all; {args.run_dir}/metrics.json)")
+            _demo(args)
         elif args.command == "batch":
             from .batch import run_batch
             run_batch(args.dataset, notebooks=args.notebooks, params=_kv(args.param), out=args.out,
-                      resume=args.resume)
+                      resume=args.resume, reports_dir=args.reports_dir)
         elif args.command == "experiment":
             from .experiments import SCORE_EVAL, SCORE_MODEL, SCORE_TRAIN, run_experiment
             opts = _kv(args.baseline)
@@ -171,8 +238,10 @@ def main(argv=None) -> int:
         if distributed.is_main():
             print(f"sgc {args.command}: {err}", file=sys.stderr)
         return 128 + int(err.signum)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"sgc {args.command}: error: {err}", file=sys.stderr)
+    except (SgcError, ValueError, FileNotFoundError, PermissionError, FloatingPointError) as err:
+        # sgc's own errors, and the built-in types sgc raises with a message naming the fix
+        _close_progress_bars()  # so that the error starts a line of its own
+        print(f"sgc {args.command} error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import BoundError
 from .likelihood import to_bits_per_dim, validate_images
 from .nets import compiled
 from .sde import SDE, TimeSampler, _bcast
@@ -178,8 +179,8 @@ def elbo_class_scores(model, sde: SDE, x: torch.Tensor, classes=None, *,
     prior = prior_term(sde, z0).cpu()
     logp = -(prior.double()[:, None] + mean) + dims * math.log(2.0)
     if not torch.isfinite(logp).all():
-        raise FloatingPointError("the denoising bound is not finite; check the model output "
-                                 "(NaN/inf) or use autocast=None")
+        raise BoundError("the denoising bound is not finite. Check the model output (NaN/inf weights in the "
+                         "checkpoint?) or use autocast=None")
     logp = logp.float()
     return ElboResult(logp=logp, bpd=to_bits_per_dim(logp, dims, levels), stderr=stderr.float(),
                       draws=draws, alive=alive, evals=draws.sum(1), nfe=int(draws.max()),

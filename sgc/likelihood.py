@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torchdiffeq import odeint
 
+from .errors import DataError, SolverError
 from .nets import compiled
 from .sde import SDE, _bcast
 
@@ -31,10 +32,6 @@ ADAPTIVE = {"dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"}
 FIXED = {"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams"}
 EXPONENTIAL = {"dpm1", "dpm2"}  # sgc.solvers.dpm_solve, orders 1 and 2
 PRECISIONS = (None, "tf32", "bf16")
-
-
-class SolverError(RuntimeError):
-    """The ODE solve returned non-finite values."""
 
 
 @dataclass
@@ -48,10 +45,13 @@ class LikelihoodResult:
 
 
 def validate_images(x: torch.Tensor, model=None, name: str = "images") -> None:
-    """Raise ValueError naming the problem when x is not a batch of images in [0, 1]."""
+    """Raise DataError (a ValueError) naming the problem when x is not a batch of images in [0, 1]."""
     if not torch.is_tensor(x) or x.dim() != 4:
-        raise ValueError(f"{name} must be a 4-d tensor (N, C, H, W); got "
-                         f"{tuple(x.shape) if hasattr(x, 'shape') else type(x).__name__}")
+        raise DataError(f"{name} must be a 4-d tensor (N, C, H, W); got "
+                        f"{tuple(x.shape) if hasattr(x, 'shape') else type(x).__name__}")
+    if x.shape[0] == 0 or x[0].numel() == 0:
+        raise DataError(f"{name} are empty (shape {tuple(x.shape)}): nothing to score. Check the split, "
+                        f"the limit and the loader's filters")
     if model is not None:
         want = (model.in_channels, model.image_size, model.image_size)
         if tuple(x.shape[1:]) != want:
@@ -182,6 +182,9 @@ def log_likelihood(model, sde: SDE, x: torch.Tensor, y: torch.Tensor, *,
     (half of them need no VJP).
     """
     validate_images(x, model)
+    if not 0 < eps < sde.T:
+        raise SolverError(f"the ODE start time eps={eps} is outside (0, T={sde.T}); t = 0 is singular. Use a small "
+                          f"positive eps such as 1e-5")
     device = next(model.parameters()).device
     x = x.to(device=device, dtype=torch.float32)
     y = torch.as_tensor(y, device=device, dtype=torch.long).expand(x.shape[0])
@@ -231,7 +234,12 @@ def log_likelihood(model, sde: SDE, x: torch.Tensor, y: torch.Tensor, *,
                 zT, delta, nfe = dpm_solve(net, sde, z0, y, probes, steps=steps, order=int(method[-1]),
                                            eps=eps, spacing=spacing, divergence_fn=divergence)
             else:
-                zs, deltas = odeint(func, state0, ts, method=method, **kwargs)
+                try:
+                    zs, deltas = odeint(func, state0, ts, method=method, **kwargs)
+                except AssertionError as err:  # torchdiffeq's checks, e.g. "underflow in dt nan"
+                    raise SolverError(f"the probability-flow ODE solve failed ({method}, eps={eps}: torchdiffeq: "
+                                      f"{err or 'assertion failed'}); the model output or the start time is not "
+                                      f"usable. Use eps >= 1e-5 and check the checkpoint (NaN weights?)") from None
                 zT, delta = zs[-1], deltas[-1]
     finally:
         model.train(was_training)

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
+from .errors import RunFolderError
 from .runs import (CHECKPOINT, PREVIOUS, _say, find_checkpoint, load_checkpoint, run_provenance, same_model,
                    save_checkpoint)
 from .sde import SDE, TimeSampler
@@ -206,9 +207,9 @@ def train_score_model(model, sde: SDE, images, labels, config: TrainConfig | dic
     if resume and run_dir is not None and find_checkpoint(run_dir) is not None:
         saved, ckpt = load_checkpoint(run_dir)
         if not same_model(saved.get("model"), meta["model"]) or saved.get("sde") != meta["sde"]:
-            raise ValueError(f"checkpoint in {run_dir} was trained with model={saved.get('model')}, "
-                             f"sde={saved.get('sde')}, not the requested model={meta['model']}, sde={meta['sde']}; "
-                             f"use another --run-dir or drop --resume")
+            raise RunFolderError(f"checkpoint in {run_dir} was trained with model={saved.get('model')}, "
+                                 f"sde={saved.get('sde')}, not the requested model={meta['model']}, "
+                                 f"sde={meta['sde']}. Use another --run-dir, or --overwrite instead of --resume")
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -220,8 +221,8 @@ def train_score_model(model, sde: SDE, images, labels, config: TrainConfig | dic
         if main:
             _say(f"resuming {run_dir} from step {step}")
     elif resume and run_dir is not None and any((Path(run_dir) / f).exists() for f in (CHECKPOINT, PREVIOUS)):
-        raise ValueError(f"--resume: no complete checkpoint in {run_dir} (every checkpoint fails its sha256 "
-                         f"check); delete them to start over")
+        raise RunFolderError(f"--resume: no complete checkpoint in {run_dir} (every checkpoint fails its sha256 "
+                             f"check). Delete them to start over, or pass --overwrite instead of --resume")
 
     # DDP broadcasts rank 0's weights at construction and averages gradients in backward.
     net = model

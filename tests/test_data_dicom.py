@@ -106,3 +106,22 @@ def test_bad_files_give_clear_messages(tmp_path):
     odd.save_as(tmp_path / "odd.dcm")
     with pytest.raises(DicomDecodeError, match=r"odd.dcm: unknown or unsupported transfer syntax 1\.2\.3\.4\.5\.6"):
         read_dicom(tmp_path / "odd.dcm")
+
+
+@pytest.mark.filterwarnings("ignore:End of file reached")
+@pytest.mark.parametrize("keep", ["header_only", "half_of_the_pixels"])
+def test_truncated_file_is_named_truncated_with_expected_and_actual_bytes(tmp_path, keep):
+    """A download cut short is 'truncated', not 'no pixel data (structured report?)' (issue 13, 8)."""
+    good = write_dicom(tmp_path / "good.dcm", breast_phantom(rows=96, cols=64))
+    data = good.read_bytes()
+    pixel_bytes = 96 * 64 * 2
+    header_end = len(data) - pixel_bytes - 8  # before the PixelData element's tag and length
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[:header_end] if keep == "header_only" else data[:len(data) - pixel_bytes // 2])
+    with pytest.raises(DicomDecodeError) as info:
+        read_dicom(cut)
+    msg = str(info.value)
+    assert "cut.dcm" in msg and "truncated" in msg and "structured report" not in msg
+    assert f"{pixel_bytes} bytes" in msg or f"of {pixel_bytes} expected" in msg
+    if keep == "half_of_the_pixels":
+        assert f"{pixel_bytes // 2} of {pixel_bytes} expected bytes" in msg

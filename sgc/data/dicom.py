@@ -30,6 +30,8 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_presentation_lut, apply_voi, apply_windowing, get_decoder
 from pydicom.valuerep import DSfloat
 
+from ..errors import SgcError
+
 __all__ = ["DicomInfo", "DicomDecodeError", "read_dicom", "read_header", "window", "decoder_hint"]
 
 # Transfer syntax UID -> (name, packages that can decode it). Used for error messages.
@@ -42,10 +44,14 @@ _DECODERS = {
     "1.2.840.10008.1.2.4.57": ("JPEG Lossless", "pylibjpeg + pylibjpeg-libjpeg, or python-gdcm"),
     "1.2.840.10008.1.2.4.70": ("JPEG Lossless SV1", "pylibjpeg + pylibjpeg-libjpeg, or python-gdcm"),
     "1.2.840.10008.1.2.5": ("RLE Lossless", "numpy (built into pydicom), or pylibjpeg-rle"),
+    "1.2.840.10008.1.2": ("Implicit VR Little Endian, uncompressed", "pydicom itself"),
+    "1.2.840.10008.1.2.1": ("Explicit VR Little Endian, uncompressed", "pydicom itself"),
+    "1.2.840.10008.1.2.2": ("Explicit VR Big Endian, uncompressed", "pydicom itself"),
 }
+_NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", ""}
 
 
-class DicomDecodeError(RuntimeError):
+class DicomDecodeError(SgcError, RuntimeError):
     """A DICOM file could not be read or decoded; the message says which file and why."""
 
 
@@ -208,8 +214,39 @@ def _present(y: np.ndarray, ds, photometric: str) -> tuple[np.ndarray, bool]:
     return y, False
 
 
+def _expected_pixel_bytes(ds) -> int | None:
+    """Bytes of uncompressed pixel data the header announces (rows x columns x frames x samples x bits)."""
+    try:
+        n = (int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1)
+             * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return (n + 7) // 8
+
+
+def _truncation(ds, path, tsyntax: str) -> str | None:
+    """A message when the file ends before its pixel data does, else None."""
+    expected = _expected_pixel_bytes(ds)
+    if expected is None:
+        return None
+    size = Path(path).stat().st_size
+    if "PixelData" not in ds:
+        return (f"{path}: truncated or incomplete file: its header describes a {ds.Rows}x{ds.Columns} image "
+                f"({expected} bytes of pixel data expected) but the file ends after {size} bytes, before "
+                "any pixel data. Re-download or re-copy the file")
+    have = len(ds.PixelData) if tsyntax in _NATIVE else None
+    if have is not None and have < expected:
+        return (f"{path}: truncated or incomplete pixel data: {have} of {expected} expected bytes "
+                f"({ds.Rows}x{ds.Columns}, {ds.BitsAllocated} bits allocated; the file has {size} bytes). "
+                "Re-download or re-copy the file")
+    return None
+
+
 def _decode(ds, path) -> np.ndarray:
     tsyntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    truncated = _truncation(ds, path, tsyntax)
+    if truncated:
+        raise DicomDecodeError(truncated)
     if "PixelData" not in ds:
         raise DicomDecodeError(f"{path}: the file has no pixel data (is it a structured report "
                                "or presentation state rather than an image?)")
