@@ -1,8 +1,8 @@
 """Where sgc's GPU time goes, eager vs CUDA graphs, every row side by side in ONE run.
 
-About 3 minutes on an H100 / H200 (planned minutes per stage: train 0.7, eval 0.3, exact 1.7,
-dpm2 0.1, bound 0.1; plus ~0.2 to start). Stages (each path warmed up first, paths timed in
-turn, repeated; median and [min, max] reported):
+About 3 minutes on an H100 / H200 (planned minutes per stage, in the order they run: start 0.2,
+train 0.5, eval 0.5, dpm2 0.1, bound 0.1, exact 1.6). Stages (each path warmed up first, paths
+timed in turn, repeated; median and [min, max] reported):
 
   train  training steps/s of ``sgc.train`` (ScoreUNet 32 ch, mults 1,2,2, 32 px, batch 128, bf16
          autocast): compile=eager vs compile=graph (one CUDA graph per step); rates from the
@@ -13,8 +13,8 @@ turn, repeated; median and [min, max] reported):
          released code path (benchmarks/likelihood.py) vs sgc eager vs sgc graph (+ bf16,
          + channels_last); s per image x class; largest log-likelihood difference in bits/dim
          of every fast path vs sgc eager fp32
-  dpm2   fixed-step dpm2, 32 evaluations, same images: eager vs graph (+ bf16), speed-up over
-         the released code path of the exact stage
+  dpm2   fixed-step dpm2, 32 evaluations, same images: eager vs graph (+ bf16); its speed-up
+         over the released code path and its distance from the exact ODE come from the exact stage
   bound  Monte-Carlo bound, 16 draws, 156 images x 2 classes: eager vs graph (+ bf16)
 
 Each stage writes ``profile_<stage>.json`` into --out (its error, if any, goes into that JSON and
@@ -57,7 +57,7 @@ from sgc.nets import ScoreUNet  # noqa: E402
 from sgc.sde import VPSDE  # noqa: E402
 from sgc.train import train_score_model  # noqa: E402
 
-STAGES = ("train", "eval", "exact", "dpm2", "bound")
+STAGES = ("train", "eval", "dpm2", "bound", "exact")  # the long exact solves last: a cut-off run loses least
 
 
 @dataclass
@@ -69,14 +69,14 @@ class Sizes:
     batch: int = 128                   # training batch
     train_steps: int = 250             # steps per timed training run
     log_every: int = 25                # history rows (rates are taken between them)
-    train_repeats: int = 3
+    train_repeats: int = 2
     eval_rows: tuple = (32, 312)       # rows of one ODE evaluation
     eval_calls: int = 40               # calls per timing
     eval_repeats: int = 3
     profile_calls: int = 10            # calls under torch.profiler
     exact_images: tuple = (16, 156)
-    exact_repeats: tuple = (3, 2)      # sgc paths, per image count
-    released_repeats: tuple = (2, 1)   # the released code path (slow), per image count
+    exact_repeats: tuple = (2, 2)      # sgc paths, per image count
+    released_repeats: tuple = (1, 1)   # the released code path (slow: ~7 s and ~20 s on an H200), per image count
     rtol: float = 1e-5
     max_nfe: int = 1500                # an adaptive solve stops (error row) after this many evaluations
     dpm2_evals: int = 32
@@ -378,7 +378,6 @@ def _write_released_json(ctx, rows, n, k):
 
 def stage_dpm2(ctx: Context) -> dict:
     s, device = ctx.sizes, ctx.device
-    exact = _load_stage(ctx.out, "exact") or {}
     k = 2
     result = {"nfe_budget": s.dpm2_evals, "sizes": []}
     for n in s.exact_images:
@@ -393,19 +392,30 @@ def stage_dpm2(ctx: Context) -> dict:
         eager = outs["sgc eager"].logp.reshape(-1) if "sgc eager" in outs else None
         rows = _rows(paths, times, outs, errors, n, k, dims, lambda name, o: (o.logp.reshape(-1), o.nfe), eager,
                      "sgc eager")
-        ex = next((e for e in exact.get("sizes", []) if e["images"] == n), None)
-        released = None if ex is None else next((r for r in ex["rows"] if r["path"] == "released code path"), None)
         for row in rows:
+            if "error" not in row:  # for the comparison with the exact stage (``cross_stage``)
+                row["logp"] = outs[row["path"]].logp.reshape(-1).tolist()
             row["path"] = row["path"].replace("sgc", "sgc dpm2")
-            if "error" in row or ex is None:
-                continue
-            logp = outs[row["path"].replace("sgc dpm2", "sgc")].logp.reshape(-1)
-            if ex.get("sgc_eager_logp") is not None:
-                row["max_diff_bpd_vs_exact_eager"] = _bpd_diff(logp, ex["sgc_eager_logp"], dims)
-            if released is not None and "error" not in released:
-                row["speedup_vs_released"] = released["seconds"]["median"] / row["seconds"]["median"]
-        result["sizes"].append({"images": n, "rows": rows})
+        result["sizes"].append({"images": n, "dims": dims, "rows": rows})
     return result
+
+
+def cross_stage(results: dict) -> None:
+    """dpm2 rows against the exact stage (whichever ran first): speed-up over the released code
+    path at the same images, and the bits/dim distance from the exact ODE (sgc eager fp32)."""
+    exact, dpm2 = results.get("exact") or {}, results.get("dpm2") or {}
+    for size in dpm2.get("sizes", []):
+        ex = next((e for e in exact.get("sizes", []) if e["images"] == size["images"]), None)
+        if ex is None:
+            continue
+        released = next((r for r in ex["rows"] if r["path"] == "released code path" and "error" not in r), None)
+        for row in size["rows"]:
+            if "error" in row:
+                continue
+            if released is not None:
+                row["speedup_vs_released"] = released["seconds"]["median"] / row["seconds"]["median"]
+            if ex.get("sgc_eager_logp") is not None and "logp" in row:
+                row["max_diff_bpd_vs_exact_eager"] = _bpd_diff(row["logp"], ex["sgc_eager_logp"], size["dims"])
 
 
 def stage_bound(ctx: Context) -> dict:
@@ -480,7 +490,7 @@ def table(results: dict) -> str:
     def failed(stage, size, row):
         lines.append(f"| {stage} | {size} | {row['path']} | FAILED | | | {row['error'][:160]} |")
 
-    for stage in STAGES:
+    for stage in ("train", "eval", "exact", "dpm2", "bound"):
         r = results.get(stage)
         if r is None:
             continue
@@ -549,6 +559,7 @@ def main(argv=None):
     print(f"gpu_profile: {_device_name(ctx.device)}, torch {torch.__version__}, data: {ctx.data}, out: {out}",
           flush=True)
     results = {stage: run_stage(ctx, stage) for stage in args.stages}
+    cross_stage(results)
     md = table(results)
     summary = {"benchmark": "gpu_profile", "device": _device_name(ctx.device), "torch": torch.__version__,
                "cuda": torch.version.cuda, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

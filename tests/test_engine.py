@@ -27,7 +27,7 @@ needs_compiler = pytest.mark.skipif(
     reason="torch.compile on the CPU generates C++: no C++ compiler (c++ or $CXX) on PATH")
 
 CFG = dict(steps=20, batch_size=16, warmup=4, lr=3e-3, levels=17, log_every=3, checkpoint_every=5,
-           weighting="likelihood", hflip=True, vflip=True)
+           weighting="likelihood", hflip=True, vflip=True, grad_clip=0.1)  # clipping active in every step
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +109,8 @@ def _unet():
 @pytest.mark.parametrize("method", ["dopri5", "rk4", "dpm2"])
 def test_graphed_ode_equals_eager(method):
     model, sde = _unet(), VPSDE()
-    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    opts = dict(method=method, rtol=1e-3, atol=1e-3, steps=6, dequantize=True, levels=256)
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    opts = dict(method=method, rtol=1e-2, atol=1e-2, steps=4, dequantize=True, levels=256)
     eager = class_log_likelihoods(model, sde, x, generator=torch.Generator().manual_seed(2), **opts)
     fast = class_log_likelihoods(model, sde, x, generator=torch.Generator().manual_seed(2), compile="graph", **opts)
     assert fast.nfe == eager.nfe
@@ -120,8 +120,10 @@ def test_graphed_ode_equals_eager(method):
 def test_graphed_bound_equals_eager():
     model, sde = _unet(), VPSDE()
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    eager = elbo_class_scores(model, sde, x, n_draws=6, generator=torch.Generator().manual_seed(2))
-    fast = elbo_class_scores(model, sde, x, n_draws=6, generator=torch.Generator().manual_seed(2), compile="graph")
+    # max_batch 8: six forward passes of 6 rows each, one graph replayed on new inputs
+    eager = elbo_class_scores(model, sde, x, n_draws=6, max_batch=8, generator=torch.Generator().manual_seed(2))
+    fast = elbo_class_scores(model, sde, x, n_draws=6, max_batch=8, generator=torch.Generator().manual_seed(2),
+                             compile="graph")
     torch.testing.assert_close(fast.logp, eager.logp, rtol=0, atol=1e-4)
 
 
