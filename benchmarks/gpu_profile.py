@@ -346,19 +346,20 @@ def stage_exact(ctx: Context) -> dict:
             if "error" not in row and rel is not None:
                 row["max_diff_bpd_vs_released"] = _bpd_diff(logp_of(row["path"], outs[row["path"]])[0], rel, dims)
         result["sizes"].append({"images": n, "rows": rows, "sgc_eager_logp": None if eager is None else eager.tolist()})
-        if n == 16 and ctx.args.released_json:
-            _write_released_json(ctx, rows, n, k)
     return result
 
 
-def _write_released_json(ctx, rows, n, k):
-    """The 16-image comparison in benchmarks/likelihood.py's format (read by classify.py --released-code)."""
-    by = {r["path"]: r for r in rows if "error" not in r}
+def write_released_json(exact: dict, path) -> None:
+    """The exact stage's first (16-image) comparison in benchmarks/likelihood.py's format, which
+    benchmarks/classify.py --released-code reads; written from the stage's JSON, so also after a resume."""
+    size = exact["sizes"][0]
+    n, k = size["images"], exact["classes"]
+    by = {r["path"]: r for r in size["rows"] if "error" not in r}
     ref, eager = by["released code path"], by["sgc eager"]
     fast = by.get("sgc graph", eager)
     out = {"benchmark": "likelihood", "source": "benchmarks/gpu_profile.py (stage exact)",
-           "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": _device_name(ctx.device),
-           "images": n, "classes": k, "rtol": ctx.sizes.rtol, "atol": ctx.sizes.rtol,
+           "date": exact["date"], "device": exact["device"], "torch": exact["torch"],
+           "images": n, "classes": k, "rtol": exact["rtol"], "atol": exact["atol"],
            "rows": [{"path": "reference (scipy RK45, per class, host copies, 2 fwd + 1 VJP)",
                      "s_per_image_class": ref["s_per_image_class"], "nfe": ref["nfe"],
                      "seconds": ref["seconds"]["median"]},
@@ -371,7 +372,7 @@ def _write_released_json(ctx, rows, n, k):
            "speedup": ref["seconds"]["median"] / fast["seconds"]["median"],
            "speedup_eager": ref["seconds"]["median"] / eager["seconds"]["median"],
            "max_diff_bits_per_dim": max(eager["max_diff_bpd_vs_released"], fast["max_diff_bpd_vs_released"])}
-    path = Path(ctx.args.released_json)
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))
 
@@ -545,7 +546,8 @@ def main(argv=None):
     ap.add_argument("--train-engines", nargs="+", default=["eager", "graph"],
                     help="training engines compared (first = baseline); e.g. add reduce-overhead (compiles ~1 min)")
     ap.add_argument("--released-json", default=None, metavar="JSON",
-                    help="also write the 16-image released-code comparison in benchmarks/likelihood.py's format")
+                    help="also write the exact stage's 16-image comparison with the released code path in "
+                         "benchmarks/likelihood.py's format (for classify.py --released-code)")
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (< 1 min): checks the script")
     args = ap.parse_args(argv)
@@ -560,6 +562,11 @@ def main(argv=None):
           flush=True)
     results = {stage: run_stage(ctx, stage) for stage in args.stages}
     cross_stage(results)
+    if args.released_json and "error" not in results.get("exact", {"error": "not run"}):
+        try:
+            write_released_json(results["exact"], args.released_json)
+        except (KeyError, IndexError) as err:  # a path of the 16-image comparison failed: nothing to write
+            print(f"no {args.released_json}: the exact stage lacks {err}", flush=True)
     md = table(results)
     summary = {"benchmark": "gpu_profile", "device": _device_name(ctx.device), "torch": torch.__version__,
                "cuda": torch.version.cuda, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
