@@ -112,7 +112,9 @@ def dsm_loss(net, sde, x0, y, t, noise, amp: bool = False) -> torch.Tensor:
 @torch.no_grad()
 def ema_update(ema_params, params, weight: torch.Tensor, buffers=()) -> None:
     """ema += weight * (param - ema) for all parameters in three foreach kernels; ``weight`` a 0-d
-    tensor on their device (= 1 - decay), so a captured graph reads each step's value.
+    tensor on their device (= 1 - decay), so a captured graph reads each step's value. (This is a
+    lerp; torch._foreach_lerp_ takes its weight as a Python scalar, which a graph would freeze, or
+    as one tensor per parameter.)
 
     Not torch.optim.swa_utils.AveragedModel + get_ema_multi_avg_fn: its update reads its counter
     back to the host (``n_averaged == 0``, not capturable), its decay is a fixed Python float
