@@ -82,9 +82,17 @@ def test_bad_images_are_named(bad, match):
 
 
 def test_label_outside_classes_is_rejected():
+    # checked once per call on the labels, not inside forward (which may run in a CUDA graph)
+    from sgc.elbo import elbo_class_scores
+    from sgc.sampling import reverse_sde
     model = ScoreMLP(num_classes=2, image_size=4, hidden=16, blocks=1, emb_dim=8)
+    x = torch.zeros(1, 1, 4, 4)
     with pytest.raises(ValueError, match="class labels"):
-        model(torch.zeros(1, 1, 4, 4), torch.tensor([0.5]), torch.tensor([5]))
+        log_likelihood(model, VPSDE(), x, torch.tensor([5]), method="euler", steps=1)
+    with pytest.raises(ValueError, match="class labels"):
+        elbo_class_scores(model, VPSDE(), x, classes=[0, 2], n_draws=2)
+    with pytest.raises(ValueError, match="class labels"):
+        reverse_sde(model, VPSDE(), [1, -1], steps=1)
 
 
 def test_non_finite_solve_is_reported():
