@@ -176,7 +176,8 @@ def evaluate_run(run_dir="reports/runs/digits", *, split: str = "test",
     key = {"checkpoint_sha256": sha256_file(find_checkpoint(run_dir)), "split": split, "estimator": estimator,
            "options": json.loads(json.dumps(estimator_options or {}, default=str)), "batch_size": batch_size,
            "seed": seed, "levels": data["levels"], "dequantize": dequantize, "n": len(ds),
-           "ids_sha256": hashlib.sha256("\n".join(map(str, ds.ids)).encode()).hexdigest()}
+           "ids_sha256": hashlib.sha256("\n".join(map(str, ds.ids)).encode()).hexdigest(),
+           "sgc_version": __import__("sgc").__version__}  # scores of another sgc version are recomputed
     scores = _score_sharded(model, sde, ds.images, run_dir / "parts" / f"scores_{tag}", key, estimator=estimator,
                             batch_size=batch_size, seed=seed, progress=progress, levels=data["levels"],
                             dequantize=dequantize, **(estimator_options or {}))
