@@ -21,13 +21,11 @@ that runs longer than the timeout is killed and counts as killed. Mutants are sa
 module with a fixed seed (``--sample``), so two runs over the same source use the same
 mutants; ``--sample 0`` runs all of them.
 
-    nice -n 10 python benchmarks/mutation.py --tag after            # the current tests
-    nice -n 10 python benchmarks/mutation.py --tag before --tests-rev 69d35bf
-    nice -n 10 python benchmarks/mutation.py --tag after --recheck before     # rerun only what survived
+    nice -n 10 python benchmarks/mutation.py                        # the current tests ("after")
+    nice -n 10 python benchmarks/mutation.py --before 69d35bf       # and those of 69d35bf ("before"), one pass
     python benchmarks/mutation.py --modules sgc/sde.py --sample 0 --list   # print the mutants only
 
-Writes ``reports/benchmarks/mutation.json`` (one entry per ``--tag``, merged with the runs
-already there) and ``reports/benchmarks/mutation.md`` (a table per tag and the survivors).
+Writes ``reports/benchmarks/mutation.json`` (runs "before" and "after", replacing earlier ones) and ``reports/benchmarks/mutation.md`` (a table per tag and the survivors).
 Not part of CI: about 40 minutes per run on one (shared) CPU core with the default sample.
 """
 from __future__ import annotations
@@ -61,12 +59,12 @@ SUBSETS = {
     "sgc/likelihood.py": ["tests/test_likelihood.py", "tests/test_solvers.py", "tests/test_known_answers.py",
                           "tests/test_precision.py"],
     "sgc/elbo.py": ["tests/test_elbo.py", "tests/test_elbo_elimination.py", "tests/test_known_answers.py"],
-    "sgc/solvers.py": ["tests/test_solvers.py"],
+    "sgc/solvers.py": ["tests/test_solvers.py", "tests/test_precision.py"],
     "sgc/classify.py": ["tests/test_classify.py", "tests/test_evaluate_run.py",  # without two slow trainings
                         "-k", "not sklearn_estimator_end_to_end and not cli_train_classify"],
-    "sgc/sde.py": ["tests/test_sde.py", "tests/test_likelihood.py", "tests/test_elbo.py",
-                   "tests/test_known_answers.py", "tests/test_train.py::test_sde_marginals_solve_their_moment_ode",
-                   "tests/test_train.py::test_likelihood_time_sampler_is_importance_sampling"],
+    "sgc/sde.py": ["tests/test_sde.py", "tests/test_train.py::test_sde_marginals_solve_their_moment_ode",
+                   "tests/test_train.py::test_likelihood_time_sampler_is_importance_sampling",
+                   "tests/test_likelihood.py", "tests/test_elbo.py", "tests/test_known_answers.py"],
     "sgc/data/dicom.py": ["tests/test_data_dicom.py", "tests/test_dicom_windows.py"],
 }
 HEAVY_IMPORTS = ("torch", "torchdiffeq", "numpy", "scipy.integrate", "scipy.stats", "sklearn.metrics",
@@ -338,7 +336,7 @@ def _line_tracer(filename: str):
 
 
 def _run_child(work: Path, tests: list[str], log: Path, timeout: float, trace_file: Path | None = None,
-               trace_out: Path | None = None) -> tuple[str, float]:
+               trace_out: Path | None = None, collect_out: Path | None = None) -> tuple[str, float]:
     """Fork; the child runs pytest on ``tests`` inside ``work``. ('passed'|'failed'|'timeout', seconds).
 
     With ``trace_file``, the child records which lines of that file each test executes (JSON to
@@ -360,7 +358,12 @@ def _run_child(work: Path, tests: list[str], log: Path, timeout: float, trace_fi
             import torch
             torch.set_num_threads(1)
             args = ["-q", "-p", "no:cacheprovider", "-p", "no:nbval", "-W", "ignore", "--rootdir", str(work)]
-            if trace_file is None:
+            if collect_out is not None:
+                class Collect:
+                    def pytest_collection_finish(self, session):
+                        Path(collect_out).write_text(json.dumps([i.nodeid for i in session.items]))
+                rc = pytest.main(["--collect-only", *args, *tests], plugins=[Collect()])
+            elif trace_file is None:
                 rc = pytest.main(["-x", *args, *tests])
             else:
                 tracer = _line_tracer(str(trace_file))
@@ -410,50 +413,7 @@ def _covering(m: Mutant, cover: dict, seconds: dict) -> list[str] | None:
     return []
 
 
-def run_module(module: str, mutants: list[Mutant], work: Path, equivalent: dict, log_dir: Path,
-               progress=print, known: dict | None = None) -> dict:
-    """Run the module's mutants. Each mutant runs only the tests that execute its statement
-    (recorded by tracing the unmutated module once); a mutant on a line no test executes
-    survives without a run ("not covered"). ``known``: {mutant id: verdict} of an earlier run
-    whose kills are taken over without running (``--recheck``)."""
-    tests = [t for t in SUBSETS[module] if not t.startswith("tests/") or (work / t.split("::")[0]).exists()]
-    target = work / module
-    original = target.read_bytes()
-    trace_out = log_dir / "coverage.json"
-    status, base_s = _run_child(work, tests, log_dir / "baseline.log", timeout=3600, trace_file=target,
-                                trace_out=trace_out)
-    if status != "passed":
-        raise RuntimeError(f"{module}: the test subset {tests} fails without any mutation; see "
-                           f"{log_dir / 'baseline.log'}")
-    traced = json.loads(trace_out.read_text())
-    cover, seconds = traced["lines"], traced["seconds"]
-    results = []
-    try:
-        for i, m in enumerate(mutants):
-            chosen = _covering(m, cover, seconds)
-            if known and known.get(m.id) in ("killed", "timeout"):
-                results.append({**asdict(m), "verdict": known[m.id], "seconds": 0.0, "tests_run": 0,
-                                "carried_over": True})
-                progress(f"  [{i + 1}/{len(mutants)}] {known[m.id]:11s} (killed in the earlier run)  {m.id}")
-                continue
-            if chosen == []:
-                outcome, secs, ran = "passed", 0.0, 0
-            else:
-                run = tests if chosen is None else chosen
-                budget = sum(seconds.values()) if chosen is None else sum(seconds.get(t, 0) for t in chosen)
-                target.write_bytes(original[:m.start] + m.new.encode() + original[m.end:])
-                outcome, secs = _run_child(work, run, log_dir / "mutant.log", timeout=3 * budget + 20)
-                ran = len(seconds) if chosen is None else len(chosen)
-                target.write_bytes(original)
-            killed = outcome != "passed"
-            verdict = "killed" if killed else ("equivalent" if m.id in equivalent else
-                                               "survived" if ran else "not covered")
-            if killed and outcome == "timeout":
-                verdict = "timeout"
-            results.append({**asdict(m), "verdict": verdict, "seconds": round(secs, 2), "tests_run": ran})
-            progress(f"  [{i + 1}/{len(mutants)}] {verdict:11s} {secs:6.1f}s {ran:3d} tests  {m.id}  | {m.context}")
-    finally:
-        target.write_bytes(original)
+def _summary(module, tests, base_s, results, equivalent):
     killed = sum(r["verdict"] in ("killed", "timeout") for r in results)
     equiv = sum(r["verdict"] == "equivalent" for r in results)
     scored = len(results) - equiv
@@ -466,8 +426,98 @@ def run_module(module: str, mutants: list[Mutant], work: Path, equivalent: dict,
                           for r in results if r["verdict"] in ("survived", "not covered")],
             "equivalent_mutants": [{"id": r["id"], "reason": equivalent[r["id"]]} for r in results
                                    if r["verdict"] == "equivalent"],
-            "carried_over": sum(bool(r.get("carried_over")) for r in results),
             "results": [{k: r[k] for k in ("id", "verdict", "seconds", "tests_run")} for r in results]}
+
+
+def _verdict(outcome: str, ran: int, mutant_id: str, equivalent: dict) -> str:
+    if outcome == "timeout":
+        return "timeout"
+    if outcome != "passed":
+        return "killed"
+    return "equivalent" if mutant_id in equivalent else ("survived" if ran else "not covered")
+
+
+def run_module(module: str, mutants: list[Mutant], work: Path, equivalent: dict, log_dir: Path,
+               progress=print, old_work: Path | None = None) -> dict[str, dict]:
+    """Run the module's mutants against the tests in ``work`` ("after") and, given ``old_work``
+    (a copy with older tests), against those too ("before"), in one pass.
+
+    Each mutant runs only the tests that execute its statement, recorded by tracing the unmutated
+    module once under the current tests (the old tests are taken to cover what the same-named
+    current tests cover); a mutant on a line no test executes survives without a run ("not
+    covered"). A mutant the old tests kill is killed by the current ones too when the old test
+    files are unchanged or only gained assertions, so after a kill "before", only the tests that
+    are new or in changed files run "after"."""
+    tests = [t for t in SUBSETS[module] if not t.startswith("tests/") or (work / t.split("::")[0]).exists()]
+    target = work / module
+    original = target.read_bytes()
+    trace_out = log_dir / "coverage.json"
+    status, base_s = _run_child(work, tests, log_dir / "baseline.log", timeout=7200, trace_file=target,
+                                trace_out=trace_out)
+    if status != "passed":
+        raise RuntimeError(f"{module}: the test subset {tests} fails without any mutation; see "
+                           f"{log_dir / 'baseline.log'}")
+    traced = json.loads(trace_out.read_text())
+    cover, seconds = traced["lines"], traced["seconds"]
+    old_tests, old_ids, same_files = [], set(), set()
+    if old_work is not None:
+        old_tests = [t for t in SUBSETS[module] if not t.startswith("tests/") or (old_work / t.split("::")[0]).exists()]
+        _run_child(old_work, old_tests, log_dir / "collect_old.log", timeout=600,
+                   collect_out=log_dir / "old_ids.json")
+        old_ids = set(json.loads((log_dir / "old_ids.json").read_text()))
+        same_files = {f.relative_to(work).as_posix() for f in (work / "tests").glob("*.py")
+                      if (old_work / f.relative_to(work)).exists()
+                      and (old_work / f.relative_to(work)).read_bytes() == f.read_bytes()}
+    runs = {"after": [], "before": []}
+    old_target = None if old_work is None else old_work / module
+
+    def budget_of(chosen):
+        return sum(seconds.values()) if chosen is None else sum(seconds.get(t, 0) for t in chosen)
+
+    def run(folder, tgt, chosen, all_tests, m, log):
+        if chosen == []:
+            return "passed", 0.0, 0
+        tgt.write_bytes(original[:m.start] + m.new.encode() + original[m.end:])
+        try:
+            outcome, secs = _run_child(folder, all_tests if chosen is None else chosen, log,
+                                       timeout=10 * budget_of(chosen) + 120)
+        finally:
+            tgt.write_bytes(original)
+        return outcome, secs, len(all_tests) if chosen is None else len(chosen)
+
+    try:
+        for i, m in enumerate(mutants):
+            chosen = _covering(m, cover, seconds)
+            line = f"  [{i + 1}/{len(mutants)}]"
+            if old_work is not None:
+                old_chosen = None if chosen is None else [t for t in chosen if t in old_ids]
+                outcome, secs, ran = run(old_work, old_target, old_chosen, old_tests, m, log_dir / "mutant_old.log")
+                v_old = _verdict(outcome, ran, m.id, equivalent)
+                runs["before"].append({**asdict(m), "verdict": v_old, "seconds": round(secs, 2), "tests_run": ran})
+                line += f" before: {v_old:11s} {secs:6.1f}s {ran:3d} tests |"
+                if v_old in ("killed", "timeout") and chosen is not None:
+                    # the same old tests are in the current suite: only new tests / changed files can add
+                    chosen = [t for t in chosen if not (t in old_ids and t.split("::")[0] in same_files)]
+                    outcome2, secs2, ran2 = run(work, target, chosen, tests, m, log_dir / "mutant.log") \
+                        if chosen else ("failed", 0.0, 0)
+                    if outcome2 == "passed":
+                        outcome2 = "failed"   # killed before by an unchanged test that is still there
+                    outcome, secs, ran = outcome2, secs2, ran2
+                    v_new = "timeout" if v_old == "timeout" and outcome2 == "failed" else _verdict(outcome, ran, m.id, equivalent)
+                else:
+                    outcome, secs, ran = run(work, target, chosen, tests, m, log_dir / "mutant.log")
+                    v_new = _verdict(outcome, ran, m.id, equivalent)
+            else:
+                outcome, secs, ran = run(work, target, chosen, tests, m, log_dir / "mutant.log")
+                v_new = _verdict(outcome, ran, m.id, equivalent)
+            runs["after"].append({**asdict(m), "verdict": v_new, "seconds": round(secs, 2), "tests_run": ran})
+            progress(f"{line} after: {v_new:11s} {secs:6.1f}s {ran:3d} tests  {m.id}  | {m.context}")
+    finally:
+        target.write_bytes(original)
+    out = {"after": _summary(module, tests, base_s, runs["after"], equivalent)}
+    if old_work is not None:
+        out["before"] = _summary(module, old_tests, base_s, runs["before"], equivalent)
+    return out
 
 
 # --- reports -------------------------------------------------------------------------------
@@ -477,8 +527,7 @@ def write_markdown(data: dict, path: Path) -> None:
              "Generated by `benchmarks/mutation.py` from `mutation.json` (do not edit by hand). Score = "
              "killed / (sampled - equivalent); a mutant that makes its tests time out counts as killed.", ""]
     for tag, run in data.get("runs", {}).items():
-        carried = (f"; kills carried over from `{run['kills_carried_over_from']}` (not rerun)"
-                   if run.get("kills_carried_over_from") else "")
+        carried = ""
         lines += [f"## {tag}: tests {run['tests']}", "",
                   f"{run['date']}, {run['machine']}; sample {run['sample']} mutants per module (seed {run['seed']}); "
                   f"command: `{run['command']}`{carried}", "",
@@ -505,11 +554,9 @@ def main(argv=None):
     ap.add_argument("--modules", nargs="+", default=list(SUBSETS), help="modules to mutate (repo-relative)")
     ap.add_argument("--sample", type=int, default=20, help="mutants per module (0 = all)")
     ap.add_argument("--seed", type=int, default=0, help="seeds the per-module sample")
-    ap.add_argument("--tests-rev", default=None, help="take tests/ from this git revision (e.g. 69d35bf)")
-    ap.add_argument("--tag", default="after", help="name of this run in the JSON (e.g. before / after)")
-    ap.add_argument("--recheck", default=None, metavar="TAG",
-                    help="take the kills of run TAG in the JSON over and run only its other mutants (valid "
-                         "when the tests only grew since TAG: a test that killed a mutant still does)")
+    ap.add_argument("--before", default=None, metavar="REV",
+                    help="also score the tests of this git revision (e.g. 69d35bf) in the same pass, as run "
+                         "'before' (the current tests are run 'after')")
     ap.add_argument("--list", action="store_true", help="only print the mutants")
     ap.add_argument("--out", default=str(OUT_JSON))
     ap.add_argument("--keep", action="store_true", help="keep the temporary copy and the logs")
@@ -535,54 +582,55 @@ def main(argv=None):
     os.environ.setdefault("MPLBACKEND", "Agg")
     for name in HEAVY_IMPORTS:  # imported once here, inherited by every forked child
         __import__(name)
-    known = {}
-    if args.recheck:
-        earlier = json.loads(Path(args.out).read_text())["runs"][args.recheck]
-        if earlier["sample"] != args.sample or earlier["seed"] != args.seed:
-            raise SystemExit(f"--recheck {args.recheck}: that run sampled {earlier['sample']} mutants with seed "
-                             f"{earlier['seed']}; use the same --sample and --seed")
-        known = {r["id"]: r["verdict"] for mod in earlier["modules"] for r in mod["results"]}
     work = Path(tempfile.mkdtemp(prefix="sgc-mutation-"))
     started = time.perf_counter()
+    modules = {"after": [], "before": []}
     try:
-        _prepare(work, args.tests_rev)
-        modules = []
+        _prepare(work / "now", None)
+        old_work = None
+        if args.before:
+            old_work = work / "old"
+            _prepare(old_work, args.before)
         for module, (total, chosen) in plan.items():
             print(f"{module}: {total} mutants, running {len(chosen)} with {SUBSETS[module]}", flush=True)
             log_dir = work / "logs" / module.replace("/", "_")
             log_dir.mkdir(parents=True)
-            r = run_module(module, chosen, work, equivalent, log_dir, progress=lambda s: print(s, flush=True),
-                           known=known)
-            r["mutants_total"] = total
-            modules.append(r)
-            print(f"{module}: score {r['score']} ({r['killed']} killed, {r['survived']} survived, "
-                  f"{r['equivalent']} equivalent)", flush=True)
+            res = run_module(module, chosen, work / "now", equivalent, log_dir,
+                             progress=lambda s: print(s, flush=True), old_work=old_work)
+            for tag, r in res.items():
+                r["mutants_total"] = total
+                modules[tag].append(r)
+                print(f"{module} {tag}: score {r['score']} ({r['killed']} killed, {r['survived']} survived, "
+                      f"{r['equivalent']} equivalent)", flush=True)
     finally:
         if args.keep:
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
-    run = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, 1 thread per test run",
-           "source_revision": rev.strip(), "tests": args.tests_rev or "working tree",
-           "sample": args.sample, "seed": args.seed, "seconds": round(time.perf_counter() - started),
-           "kills_carried_over_from": args.recheck,
-           "command": "python benchmarks/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "modules": modules}
     out = Path(args.out)
     data = json.loads(out.read_text()) if out.exists() else {"benchmark": "mutation", "runs": {}}
-    data["runs"][args.tag] = run
+    command = "python benchmarks/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    for tag, tests in (("before", args.before), ("after", "working tree")):
+        if not modules[tag]:
+            continue
+        data["runs"][tag] = {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), 1 thread per test run",
+            "source_revision": rev.strip(), "tests": tests if tag == "before" else f"{tests} at {rev.strip()}",
+            "sample": args.sample, "seed": args.seed, "seconds": round(time.perf_counter() - started),
+            "command": command, "modules": modules[tag]}
+        print(f"\n{tag}: tests {data['runs'][tag]['tests']}")
+        print(f"{'module':22s} {'sampled':>8s} {'killed':>7s} {'survived':>9s} {'equiv':>6s} {'score':>7s}")
+        for r in modules[tag]:
+            score = "-" if r["score"] is None else f"{100 * r['score']:.0f}%"
+            print(f"{r['module']:22s} {r['mutants_sampled']:8d} {r['killed']:7d} {r['survived']:9d} "
+                  f"{r['equivalent']:6d} {score:>7s}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1))
     write_markdown(data, out.with_suffix(".md"))
-    print(f"\n{'module':22s} {'sampled':>8s} {'killed':>7s} {'survived':>9s} {'equiv':>6s} {'score':>7s}")
-    for r in modules:
-        score = "-" if r["score"] is None else f"{100 * r['score']:.0f}%"
-        print(f"{r['module']:22s} {r['mutants_sampled']:8d} {r['killed']:7d} {r['survived']:9d} "
-              f"{r['equivalent']:6d} {score:>7s}")
     print(f"wrote {out} and {out.with_suffix('.md')}")
-    return run
+    return data
 
 
 if __name__ == "__main__":
