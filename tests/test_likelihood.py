@@ -100,5 +100,5 @@ def test_non_finite_solve_is_reported():
 
     sde = VPSDE()
     model = Exploding(sde, means=[0.0, 0.0], stds=[0.3, 0.3], image_size=3)
-    with pytest.raises((SolverError, AssertionError), match="non-finite|underflow|tolerance"):
+    with pytest.raises(SolverError, match=r"non-finite log-likelihoods for batch rows \[0, 1, 2, 3\]"):
         class_log_likelihoods(model, sde, torch.rand(2, 1, 3, 3), method="rk4", steps=4)
