@@ -452,11 +452,15 @@ def run_module(module: str, mutants: list[Mutant], work: Path, equivalent: dict,
     target = work / module
     original = target.read_bytes()
     trace_out = log_dir / "coverage.json"
-    status, base_s = _run_child(work, tests, log_dir / "baseline.log", timeout=7200, trace_file=target,
-                                trace_out=trace_out)
+    for attempt in (1, 2):  # once more on a failure: a shared machine can kill a child (memory)
+        status, base_s = _run_child(work, tests, log_dir / "baseline.log", timeout=7200, trace_file=target,
+                                    trace_out=trace_out)
+        if status == "passed":
+            break
+        progress(f"  baseline attempt {attempt} failed:\n" + (log_dir / "baseline.log").read_text()[-3000:])
     if status != "passed":
-        raise RuntimeError(f"{module}: the test subset {tests} fails without any mutation; see "
-                           f"{log_dir / 'baseline.log'}")
+        raise RuntimeError(f"{module}: the test subset {tests} fails without any mutation:\n"
+                           + (log_dir / "baseline.log").read_text()[-3000:])
     traced = json.loads(trace_out.read_text())
     cover, seconds = traced["lines"], traced["seconds"]
     old_tests, old_ids, same_files = [], set(), set()
