@@ -26,7 +26,7 @@ mutants; ``--sample 0`` runs all of them.
     python benchmarks/mutation.py --modules sgc/sde.py --sample 0 --list   # print the mutants only
 
 Writes ``reports/benchmarks/mutation.json`` (runs "before" and "after", replacing earlier ones) and ``reports/benchmarks/mutation.md`` (a table per tag and the survivors).
-Not part of CI: about 40 minutes per run on one (shared) CPU core with the default sample.
+Not part of CI: about an hour on one (shared, loaded) CPU core with the default sample.
 """
 from __future__ import annotations
 
@@ -67,6 +67,8 @@ SUBSETS = {
                    "tests/test_likelihood.py", "tests/test_elbo.py", "tests/test_known_answers.py"],
     "sgc/data/dicom.py": ["tests/test_data_dicom.py", "tests/test_dicom_windows.py"],
 }
+DEFAULT_ORDER = ["sgc/data/dicom.py", "sgc/solvers.py", "sgc/sde.py", "sgc/classify.py", "sgc/elbo.py",
+                 "sgc/likelihood.py"]   # the fast subsets first
 HEAVY_IMPORTS = ("torch", "torchdiffeq", "numpy", "scipy.integrate", "scipy.stats", "sklearn.metrics",
                  "sklearn.base", "pandas", "pydicom", "pydicom.pixels", "tqdm.auto", "pytest", "yaml")
 
@@ -555,8 +557,10 @@ def write_markdown(data: dict, path: Path) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--modules", nargs="+", default=list(SUBSETS), help="modules to mutate (repo-relative)")
-    ap.add_argument("--sample", type=int, default=20, help="mutants per module (0 = all)")
+    ap.add_argument("--modules", nargs="+", default=DEFAULT_ORDER,
+                    help="modules to mutate (repo-relative), in this order; the JSON keeps the other modules' "
+                         "entries from earlier runs")
+    ap.add_argument("--sample", type=int, default=8, help="mutants per module (0 = all)")
     ap.add_argument("--seed", type=int, default=0, help="seeds the per-module sample")
     ap.add_argument("--before", default=None, metavar="REV",
                     help="also score the tests of this git revision (e.g. 69d35bf) in the same pass, as run "
@@ -589,6 +593,39 @@ def main(argv=None):
     work = Path(tempfile.mkdtemp(prefix="sgc-mutation-"))
     started = time.perf_counter()
     modules = {"after": [], "before": []}
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    out = Path(args.out)
+    command = "python benchmarks/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    def save(modules, final=False):
+        """Write the JSON and Markdown (after every module, so a stopped run keeps what it finished)."""
+        data = json.loads(out.read_text()) if out.exists() else {"benchmark": "mutation", "runs": {}}
+        for tag, tests in (("before", args.before), ("after", "working tree")):
+            if not modules[tag]:
+                continue
+            for r in modules[tag]:   # each module's entry says which invocation measured it
+                r.setdefault("command", command)
+                r.setdefault("date", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            mine = {r["module"] for r in modules[tag]}
+            kept = [r for r in data["runs"].get(tag, {}).get("modules", []) if r["module"] not in mine]
+            data["runs"][tag] = {
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), 1 thread per test run",
+                "source_revision": rev.strip(), "tests": tests if tag == "before" else f"{tests} at {rev.strip()}",
+                "sample": args.sample, "seed": args.seed, "seconds": round(time.perf_counter() - started),
+                "complete": final, "command": command,
+                "modules": sorted(kept + modules[tag], key=lambda r: DEFAULT_ORDER.index(r["module"])
+                                  if r["module"] in DEFAULT_ORDER else 99)}
+            if final:
+                print(f"\n{tag}: tests {data['runs'][tag]['tests']}")
+                print(f"{'module':22s} {'sampled':>8s} {'killed':>7s} {'survived':>9s} {'equiv':>6s} {'score':>7s}")
+                for r in modules[tag]:
+                    score = "-" if r["score"] is None else f"{100 * r['score']:.0f}%"
+                    print(f"{r['module']:22s} {r['mutants_sampled']:8d} {r['killed']:7d} {r['survived']:9d} "
+                          f"{r['equivalent']:6d} {score:>7s}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data, indent=1))
+        write_markdown(data, out.with_suffix(".md"))
     try:
         _prepare(work / "now", None)
         old_work = None
@@ -606,35 +643,15 @@ def main(argv=None):
                 modules[tag].append(r)
                 print(f"{module} {tag}: score {r['score']} ({r['killed']} killed, {r['survived']} survived, "
                       f"{r['equivalent']} equivalent)", flush=True)
+            save(modules)
     finally:
         if args.keep:
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
-    out = Path(args.out)
-    data = json.loads(out.read_text()) if out.exists() else {"benchmark": "mutation", "runs": {}}
-    command = "python benchmarks/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    for tag, tests in (("before", args.before), ("after", "working tree")):
-        if not modules[tag]:
-            continue
-        data["runs"][tag] = {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), 1 thread per test run",
-            "source_revision": rev.strip(), "tests": tests if tag == "before" else f"{tests} at {rev.strip()}",
-            "sample": args.sample, "seed": args.seed, "seconds": round(time.perf_counter() - started),
-            "command": command, "modules": modules[tag]}
-        print(f"\n{tag}: tests {data['runs'][tag]['tests']}")
-        print(f"{'module':22s} {'sampled':>8s} {'killed':>7s} {'survived':>9s} {'equiv':>6s} {'score':>7s}")
-        for r in modules[tag]:
-            score = "-" if r["score"] is None else f"{100 * r['score']:.0f}%"
-            print(f"{r['module']:22s} {r['mutants_sampled']:8d} {r['killed']:7d} {r['survived']:9d} "
-                  f"{r['equivalent']:6d} {score:>7s}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=1))
-    write_markdown(data, out.with_suffix(".md"))
+    save(modules, final=True)
     print(f"wrote {out} and {out.with_suffix('.md')}")
-    return data
+    return modules
 
 
 if __name__ == "__main__":

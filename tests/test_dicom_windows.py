@@ -73,9 +73,10 @@ def test_linear_exact_and_first_of_several_windows(tmp_path):
 
 
 def test_window_function_edges():
-    x = np.array([0.0, 99.5, 100.0, 100.5, 200.0])
-    np.testing.assert_allclose(window(x, 100, 1), [0, 0.5, 1, 1, 1])        # width 1: a step at c - 0.5
-    np.testing.assert_allclose(window(x, 100, 2, "linear_exact"), [0, 0.25, 0.5, 0.75, 1])
+    x = np.array([0.0, 99.0, 99.75, 100.5, 200.0])
+    np.testing.assert_allclose(window(x, 100, 1), [0, 0, 1, 1, 1])          # width 1: a step at c - 0.5
+    np.testing.assert_allclose(window(x, 100, 2, "linear_exact"), [0, 0, 0.375, 0.75, 1])
+    np.testing.assert_allclose(window(x, 100, 3), [0, 0.25, 0.625, 1, 1])   # (x - 99.5) / 2 + 0.5
     assert window(np.array([100.0]), 100, 10, "SIGMOID")[0] == pytest.approx(0.5)
     assert window(np.array([110.0]), 100, 10, "SIGMOID")[0] == pytest.approx(1 / (1 + np.exp(-4)))
     assert window(x, 100, 3, None).dtype == np.float32
