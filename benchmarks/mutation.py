@@ -566,11 +566,36 @@ def main(argv=None):
                     help="also score the tests of this git revision (e.g. 69d35bf) in the same pass, as run "
                          "'before' (the current tests are run 'after')")
     ap.add_argument("--list", action="store_true", help="only print the mutants")
+    ap.add_argument("--rescore", action="store_true",
+                    help="run nothing: re-apply benchmarks/mutation_equivalent.json to the stored results")
     ap.add_argument("--out", default=str(OUT_JSON))
     ap.add_argument("--keep", action="store_true", help="keep the temporary copy and the logs")
     args = ap.parse_args(argv)
     equivalent = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
     equivalent = {k: v for k, v in equivalent.items() if not k.startswith("_")}
+
+    if args.rescore:
+        out = Path(args.out)
+        data = json.loads(out.read_text())
+        for run in data["runs"].values():
+            for i, mod in enumerate(run["modules"]):
+                by_id = {r["id"]: r for r in mod["results"]}
+                every = {m.id: m for m in find_mutants(REPO / mod["module"], mod["module"])}
+                results = []
+                for rid, r in by_id.items():
+                    verdict = r["verdict"]
+                    if verdict in ("survived", "not covered", "equivalent"):
+                        verdict = "equivalent" if rid in equivalent else (
+                            "survived" if r["tests_run"] else "not covered")
+                    m = every.get(rid)
+                    results.append({**(asdict(m) if m else {"id": rid, "line": 0, "operator": "", "context": ""}),
+                                    **r, "verdict": verdict})
+                new = _summary(mod["module"], mod["tests"], mod["baseline_seconds"], results, equivalent)
+                run["modules"][i] = {**mod, **new}
+        out.write_text(json.dumps(data, indent=1))
+        write_markdown(data, out.with_suffix(".md"))
+        print(f"rescored {out}")
+        return data
 
     plan = {}
     for module in args.modules:

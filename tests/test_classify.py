@@ -128,6 +128,8 @@ def test_scores_do_not_depend_on_the_chunking():
     kw = dict(dequantize=False, progress=False, method="rk4", steps=8, divergence_mode="exact")
     a, b = score_images(model, sde, x, batch_size=3, **kw), score_images(model, sde, x, batch_size=10, **kw)
     assert np.allclose(a.log_lik, b.log_lik, atol=1e-5) and a.nfe.shape == (10,) and a.bpd.shape == (10, 2)
+    assert np.allclose(a.bpd, -a.log_lik / (4 * np.log(2)) + 8, atol=1e-5)   # 256 levels by default: + log2 256
+    assert 0 < a.seconds < 600 and a.estimator == "ode"
     want = torch.stack([model.logp01(x, torch.full((10,), k)) for k in range(2)], 1).numpy()
     assert np.allclose(a.log_lik, want, atol=0.2)
 

@@ -97,3 +97,17 @@ def test_scored_chunks_are_reused_only_for_the_same_key(run):
     evaluate_run(run, **kw)
     assert all(p.stat().st_mtime_ns != t for p, t in stamps.items())
     assert json.loads((parts / "key.json").read_text())["sgc_version"] == sgc.__version__
+
+
+def test_from_run_takes_the_levels_of_the_run_and_256_for_old_runs(run, tmp_path):
+    import shutil
+
+    from sgc.classify import ScoreClassifier
+    assert ScoreClassifier.from_run(run, progress=False).levels == 17          # digits: 17 grey levels
+    old = tmp_path / "old"
+    shutil.copytree(run, old, ignore=shutil.ignore_patterns("parts"))
+    config = json.loads((old / "config.json").read_text())
+    del config["train"]["levels"]                                             # a run from before levels existed
+    (old / "config.json").write_text(json.dumps(config))
+    clf = ScoreClassifier.from_run(old, progress=False)
+    assert clf.levels == 256 and clf.batch_size == 64 and clf.estimator == "ode"

@@ -86,6 +86,8 @@ def test_uniform_time_sampler_and_loss_weights():
     tl, wl = lik.sample(3, u=torch.tensor([0.0, 0.5, 0.999999]))
     assert tl[0].item() == pytest.approx(0.01, rel=1e-4) and tl[2].item() == pytest.approx(1.0, rel=1e-3)
     assert torch.equal(wl, torch.full((3,), lik.Z))
+    top, _ = lik.sample(1, u=torch.tensor([1 - 1e-9]))        # the last cell of the table: never past T
+    assert 0.999 < top.item() <= 1.0
     # Z = integral of g^2 / sigma^2 over [eps, T]; the median splits it in half
     z = integrate.quad(lambda s: float(lik.loss_weight(torch.tensor(s, dtype=torch.float64))), 0.01, 1.0)[0]
     assert lik.Z == pytest.approx(z, rel=1e-3)
