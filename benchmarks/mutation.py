@@ -536,13 +536,18 @@ def write_markdown(data: dict, path: Path) -> None:
         carried = ""
         lines += [f"## {tag}: tests {run['tests']}", "",
                   f"{run['date']}, {run['machine']}; sample {run['sample']} mutants per module (seed {run['seed']}); "
-                  f"command: `{run['command']}`{carried}", "",
+                  f"last command: `{run['command']}`{carried}", "",
                   "| module | mutants (all) | sampled | killed | survived | equivalent | score |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in run["modules"]:
             score = "" if r["score"] is None else f"{100 * r['score']:.0f} %"
             lines.append(f"| `{r['module']}` | {r['mutants_total']} | {r['mutants_sampled']} | {r['killed']} | "
                          f"{r['survived']} | {r['equivalent']} | {score} |")
+        by_command = {}
+        for r in run["modules"]:
+            by_command.setdefault(r.get("command", run["command"]), []).append(r["module"].split("/")[-1])
+        if len(by_command) > 1:
+            lines += ["", "Measured by " + "; ".join(f"`{c}` ({', '.join(m)})" for c, m in by_command.items()) + "."]
         surv = [(r["module"], s) for r in run["modules"] for s in r["survivors"]]
         if surv:
             lines += ["", "Surviving mutants:", ""]
