@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -83,6 +85,10 @@ for name, s in splits.items():
     rows.append({"split": name, "images": len(s), "shape (C,H,W)": str(s.shape), "levels": s.levels,
                  **{f"class {c}": int((s.labels == i).sum()) for i, c in enumerate(class_names)}})
 summary = pd.DataFrame(rows).set_index("split")
+if dataset == "digits" and not data_options:  # the embedded digits: a fixed split with known counts
+    assert summary["images"].to_dict() == {"train": 1437, "test": 360}, summary["images"].to_dict()
+    assert summary.loc["test", [f"class {c}" for c in class_names]].tolist() == [36, 36, 35, 37, 36, 37, 36, 36, 35, 36]
+    assert (summary["levels"] == 17).all() and (summary["shape (C,H,W)"] == "(1, 8, 8)").all()
 summary
 
 # %% [markdown]

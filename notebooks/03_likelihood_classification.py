@@ -46,7 +46,9 @@ prior = "uniform"             # "uniform" or "empirical" (training frequencies)
 baseline = "logreg"           # discriminative baseline from sgc.baselines ("logreg", "resnet18", ...) or None
 baseline_options = {}         # keyword arguments of sgc.baselines.train_baseline
 n_boot = 200                  # bootstrap resamples for the confidence intervals
-min_accuracy = 0.3            # sanity floor: the run fails below this accuracy
+min_accuracy = 0.45           # floor: the run fails below this accuracy (these defaults measured 0.57 on 60 images)
+min_auc = 0.8                 # floor on the macro one-vs-rest AUC (these defaults measured 0.87); None: no check
+bpd_band = [4.6, 5.5]         # band for the true-class bits/dim (these defaults measured 5.04); None: no check
 
 # %%
 # %matplotlib inline
@@ -71,6 +73,8 @@ assert prior in ("uniform", "empirical")
 assert limit is None or (isinstance(limit, int) and limit >= 2)
 assert isinstance(estimator_options, dict) and isinstance(baseline_options, dict)
 assert 0 <= min_accuracy <= 1 and n_boot >= 10
+assert min_auc is None or 0 <= min_auc <= 1
+assert bpd_band is None or (len(bpd_band) == 2 and bpd_band[0] < bpd_band[1])
 run_dir = Path(run_dir) if run_dir else default_run_dir(dataset)
 figures_dir = Path(figures_dir) if figures_dir else run_dir / "figures"
 device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -120,6 +124,11 @@ for key in ("accuracy", "balanced_accuracy", "auc_macro_ovr", "ece", "average_pr
         assert 0.0 <= metrics[key] <= 1.0, f"{key} = {metrics[key]} outside [0, 1]"
 assert metrics["accuracy"] >= min_accuracy, f"accuracy {metrics['accuracy']:.3f} below the floor {min_accuracy}"
 assert 0 < metrics["mean_bpd_true_class"] < 2 * np.log2(config["data"]["levels"]) + 8, "implausible bits/dim"
+if min_auc is not None:
+    assert metrics["auc_macro_ovr"] >= min_auc, f"AUC {metrics['auc_macro_ovr']:.3f} below the floor {min_auc}"
+if bpd_band is not None:
+    assert bpd_band[0] <= metrics["mean_bpd_true_class"] <= bpd_band[1], \
+        f"bits/dim {metrics['mean_bpd_true_class']:.3f} outside the band {bpd_band}"
 
 # %% [markdown]
 # The scores are on disk (`scores_<split>_<estimator>.csv`, or `partial_scores_…` for a `limit`

@@ -38,6 +38,7 @@ toy_steps = 400               # training steps of the toy score model
 toy_t = 0.05                  # diffusion time at which the score fields are drawn
 seed = 0                      # seeds the toy data and the toy model
 cpu_threads = 1               # torch threads on a CPU (None: torch default)
+min_toy_agreement = 0.9       # floor: share of the grid where the model's decision matches the exact Bayes rule (measured 0.96)
 
 # %%
 # %matplotlib inline
@@ -52,7 +53,7 @@ import matplotlib.pyplot as plt
 from sgc import plots, toy
 from sgc.batch import NOTEBOOKS_DIR, default_run_dir, environment_summary
 
-assert toy_points >= 50 and toy_steps >= 10 and 0 < toy_t < 1
+assert toy_points >= 50 and toy_steps >= 10 and 0 < toy_t < 1 and 0 <= min_toy_agreement <= 1
 runs_dir = Path(runs_dir) if runs_dir else NOTEBOOKS_DIR.parent / "reports" / "runs"
 reports_dir = Path(reports_dir) if reports_dir else default_run_dir("reports")
 figures_dir, tables_dir = reports_dir / "figures", reports_dir / "tables"
@@ -83,7 +84,7 @@ net, sde_obj, history = toy.fit_toy_model(n_per_class=toy_points, steps=toy_step
 agreement = toy.score_agreement(net, sde_obj, t=toy_t)
 print(f"toy model: {toy_steps} steps, final loss {history[-1]['loss']:.4f}, "
       f"cosine(learned score, exact score) at t={toy_t}: {agreement:.3f}")
-assert np.isfinite(history[-1]["loss"]) and agreement > 0.5, "the toy score model did not learn the scores"
+assert np.isfinite(history[-1]["loss"]) and agreement > 0.75, "the toy score model did not learn the scores"
 
 # %%
 from sgc.classify import posterior, score_images
@@ -120,6 +121,7 @@ agree = float(((learned_post > 0.5) == (true_post > 0.5)).mean())
 print(f"ODE likelihoods on a {cx.shape[0]}x{cx.shape[1]} grid: {sc.nfe.mean():.0f} evaluations, "
       f"{sc.seconds:.1f} s; the model's decision agrees with the exact Bayes rule on {agree:.1%} of the grid")
 
+assert agree >= min_toy_agreement, f"the learned decision agrees with Bayes on {agree:.1%} of the grid only"
 fig = plots.score_fields(panels, extent, posterior={"learned": learned_post, "true": true_post,
                                                     "points": points, "labels": labels})
 plots.save_figure(fig, figures_dir / "figure1_score_fields")

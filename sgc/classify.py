@@ -211,4 +211,5 @@ class ScoreClassifier(ClassifierMixin, BaseEstimator):
         return posterior(self.scores_.log_lik, self.log_prior_)
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(1)]
+        proba = self.predict_proba(X)  # first: an unfitted estimator says so (not AttributeError: classes_)
+        return self.classes_[proba.argmax(1)]

@@ -21,3 +21,33 @@ def shared_data_dir():
     if root is None:
         pytest.skip("real test data not found: set SGC_TEST_DATA to the shared/data folder")
     return root
+
+
+# --- a fresh run folder for every test session -------------------------------------------
+# The notebooks (run by nbval in `make test`, which collects tests/ and notebooks/ together, so
+# this file is loaded) put their run folder at $SGC_RUN_DIR/<dataset> (sgc.batch.default_run_dir).
+# Without this, every session would reuse <tmp>/sgc-notebooks and could read a model, scores or
+# tables that older code left there. Set before any kernel starts (kernels inherit the
+# environment) and removed at the end; a SGC_RUN_DIR set by the caller is kept, with the
+# session's folder made inside it. (Not a notebooks/conftest.py: a second top-level `conftest`
+# module would shadow this one for tests that import from it.)
+_session_run_dirs = []
+
+
+def pytest_configure(config):
+    import tempfile
+    base = os.environ.get("SGC_RUN_DIR")
+    folder = tempfile.mkdtemp(prefix="sgc-test-session-", dir=base or None)
+    os.environ["SGC_RUN_DIR"] = folder
+    _session_run_dirs.append((folder, base))
+
+
+def pytest_unconfigure(config):
+    import shutil
+    while _session_run_dirs:
+        folder, base = _session_run_dirs.pop()
+        if base is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.environ.pop("SGC_RUN_DIR", None)
+        else:
+            os.environ["SGC_RUN_DIR"] = base

@@ -48,6 +48,13 @@ def test_monochrome1_is_inverted_after_window(tmp_path):
     m1, info = read_dicom(write_dicom(tmp_path / "m1.dcm", 1 - image, photometric="MONOCHROME1"))
     assert info.inverted and info.photometric == "MONOCHROME1"
     np.testing.assert_allclose(m1, m2, atol=2 / 4095)
+    # with a window that is not centred on the range, inverting before or after it differs:
+    # MONOCHROME1 is inverted AFTER the window (PS3.4 N.2)
+    values = np.array([[0, 1000, 1500, 2000, 4095]], dtype=np.uint16)
+    windowed, info = read_dicom(write_dicom(tmp_path / "w1.dcm", values, raw=True, photometric="MONOCHROME1",
+                                            window=(1500, 1000)))
+    np.testing.assert_allclose(windowed, 1 - window(values.astype(float), 1500, 1000), atol=1e-6)
+    assert info.intensity == "window:LINEAR" and info.inverted
 
 
 def test_sigmoid_and_linear_windows_follow_the_standard(tmp_path):
@@ -69,6 +76,11 @@ def test_rescale_and_bits_stored_are_respected(tmp_path):
                                          slope=2.0, intercept=-10))
     assert info.bits_stored == 10
     np.testing.assert_allclose(image, values / 1023, atol=1e-6)  # linear rescale keeps the fraction
+    # ... which a window does not: it is in modality units, 2 v - 10 (the stored values would differ)
+    image, info = read_dicom(write_dicom(tmp_path / "rw.dcm", values, raw=True, bits_stored=10, slope=2.0,
+                                         intercept=-10, window=(800, 1000)))
+    np.testing.assert_allclose(image, window(2.0 * values - 10, 800, 1000), atol=1e-6)
+    assert np.abs(image - window(values.astype(float), 800, 1000)).max() > 0.1
 
 
 def test_laterality_view_and_ids_come_from_the_header(tmp_path):
