@@ -9,7 +9,8 @@ import torch
 
 from sgc.nets import ScoreMLP
 from sgc.sde import VPSDE, TimeSampler
-from sgc.train import TrainConfig, _draw, _lr_at, train_score_model
+from sgc.step import draw_batch as _draw
+from sgc.train import TrainConfig, _lr_at, train_score_model
 
 IMAGE = torch.arange(12, dtype=torch.float32).reshape(1, 1, 3, 4) / 11   # no symmetry along either axis
 
