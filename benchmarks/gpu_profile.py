@@ -25,7 +25,7 @@ exact stage also writes the 16-image comparison in benchmarks/likelihood.py's fo
 benchmarks/classify.py --released-code reads).
 
     python benchmarks/gpu_profile.py --run-dir reports/benchmarks/gpu/run32 --data-root <medmnist folder>
-    python benchmarks/gpu_profile.py --smoke --out /tmp/profile       # CPU, tiny sizes, < 1 min
+    python benchmarks/gpu_profile.py --smoke --out runs/profile        # CPU, tiny sizes, < 1 min
 """
 from __future__ import annotations
 
@@ -313,7 +313,7 @@ def _rows(paths, times, outs, errors, n, k, dims, logp_of, ref_logp, base_name):
 
 
 def stage_exact(ctx: Context) -> dict:
-    from likelihood import reference_log_likelihood
+    from likelihood import scipy_class  # the released code path: scipy RK45, host round trips, 2 forwards + 1 VJP
     s, device = ctx.sizes, ctx.device
     model = ctx.model()
     k = 2
@@ -326,7 +326,7 @@ def stage_exact(ctx: Context) -> dict:
         sgc = _sgc_paths(ctx, xs, ys, probes, "dopri5", dict(rtol=s.rtol, atol=s.rtol, max_nfe=s.max_nfe))
 
         def released(rtol=s.rtol):
-            lps, nfes = zip(*[reference_log_likelihood(model, ctx.sde, x, c, probe, rtol, rtol) for c in range(k)])
+            lps, nfes = zip(*[scipy_class(model, ctx.sde, x, c, probe, rtol, rtol) for c in range(k)])
             return torch.stack(lps, 1).reshape(-1), int(np.mean(nfes))
 
         released(1e-2)  # warm-up: one loose solve per class

@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -198,6 +199,13 @@ def _chunk_seed(seed: int, start: int) -> int:
     return int(np.random.SeedSequence([seed, start]).generate_state(1)[0])
 
 
+def _read_key(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def _score_sharded(model, sde, images, parts: Path, key: dict, *, estimator, batch_size, seed,
                    progress, **kwargs) -> ClassScores | None:
     """score_images over chunks of ``batch_size`` images, chunk i on rank i mod world size.
@@ -208,9 +216,12 @@ def _score_sharded(model, sde, images, parts: Path, key: dict, *, estimator, bat
     all images in input order on rank 0, None on the other ranks.
     """
     if distributed.is_main():
+        key_file = parts / "key.json"
+        if key_file.exists() and _read_key(key_file) != json.loads(json.dumps(key)):
+            shutil.rmtree(parts)  # chunks of other settings under this name (edited or foreign): score again
         parts.mkdir(parents=True, exist_ok=True)
-        if not (parts / "key.json").exists():
-            atomic_write_json(parts / "key.json", key)
+        if not key_file.exists():
+            atomic_write_json(key_file, key)
     distributed.barrier()
     n = images.shape[0]
     mine = distributed.shard_chunks(n, batch_size)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sgc.elbo import draw_terms, elbo_class_scores
-from sgc.likelihood import class_log_likelihoods, divergence
+from sgc.likelihood import class_log_likelihoods, evaluators
 from sgc.nets import ScoreMLP
 from sgc.sde import VPSDE
 from sgc.solvers import dpm_solve
@@ -109,9 +109,11 @@ def test_dpm_solve_autocast_bf16():
     sde = VPSDE()
     z0, y = 2 * X - 1, torch.tensor([0, 1, 2])
     probes = torch.randn(1, 3, 1, 4, 4, generator=torch.Generator().manual_seed(4))
-    zt, delta, nfe = dpm_solve(model, sde, z0, y, probes, steps=4, order=2, divergence_fn=divergence)
+    _, ev, fwd = evaluators(model, sde, y, probes, z0)
+    zt, delta, nfe = dpm_solve(ev, fwd, sde, z0, steps=4, order=2)
     assert set(spy.dtypes) == {torch.float32} and nfe == 8
     spy.dtypes.clear()
-    zb, db, _ = dpm_solve(model, sde, z0, y, probes, steps=4, order=2, autocast="bf16", divergence_fn=divergence)
+    _, ev, fwd = evaluators(model, sde, y, probes, z0, precision="bf16")
+    zb, db, _ = dpm_solve(ev, fwd, sde, z0, steps=4, order=2)
     assert set(spy.dtypes) == {torch.bfloat16} and zb.dtype == torch.float32
     assert 0 < (db - delta).abs().max() < 0.5 and (zb - zt).abs().max() < 0.1

@@ -329,7 +329,7 @@ def test_notebook_03_handles_a_limit_that_misses_a_class(tmp_path):
     import papermill
     nb = Path(__file__).resolve().parents[1] / "notebooks" / "03_likelihood_classification.ipynb"
     run = tmp_path / "run"
-    params = {"run_dir": str(run), "limit": 5, "baseline": None, "n_boot": 10, "min_accuracy": 0.0,
+    params = {"run_dir": str(run), "limit": 5, "baseline": None, "n_boot": 10, "min_accuracy": 0.0, "min_auc": None, "bpd_band": None,
               "train": {"steps": 20, "batch_size": 32, "lr": 0.002, "warmup": 5, "checkpoint_every": 20, "log_every": 5},
               "estimator_options": {"rtol": 0.01, "atol": 0.01, "method": "dopri5", "n_probes": 1}}
     papermill.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), parameters=params, cwd=str(nb.parent),
