@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .classify import ClassScores, log_prior, posterior, save_scores_csv, score_images
 from .data import load_dataset
+from .data.recipes import recipe_for
 from .nets import build_model, count_parameters
 from .sde import make_sde
 from .runs import atomic_write_text, find_checkpoint, load_run, sha256_file
@@ -80,7 +81,8 @@ def train_on_dataset(dataset: str = "digits", run_dir="reports/runs/digits", *,
     meta = {"data": {"dataset": dataset, "root": None if data_root is None else str(data_root),
                      "options": data_options or {}, "class_names": list(tr.class_names),
                      "levels": tr.levels, "shape": list(tr.shape), "n_train": len(tr),
-                     "train_counts": np.bincount(tr.labels, minlength=len(tr.class_names)).tolist()},
+                     "train_counts": np.bincount(tr.labels, minlength=len(tr.class_names)).tolist(),
+                     "preprocessing": recipe_for(dataset, data_options or {}, tr.shape, tr.levels)},  # for sgc predict
             "parameters": count_parameters(net), "torch": torch.__version__, "python": platform.python_version()}
     start = time.perf_counter()
     _, ema, history = train_score_model(net, sde_obj, tr.images, tr.labels, tcfg, run_dir=run_dir,
