@@ -54,6 +54,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--out", required=True, help="export folder")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the model card's intervals")
 
 
 def run(args) -> int:
@@ -61,7 +62,7 @@ def run(args) -> int:
     from .cli import _kv
     if args.command == "export":
         from .export import export_run
-        out = export_run(args.run_dir, args.out, overwrite=args.overwrite)
+        out = export_run(args.run_dir, args.out, overwrite=args.overwrite, n_boot=args.n_boot)
         print(f"exported {args.run_dir} -> {out}")
         return 0
     options = _kv(args.options) if args.options is not None else None
