@@ -4,6 +4,8 @@
     sgc predict   --run-dir R  FILE|FOLDER|GLOB ... [--out predictions.csv] [--panels DIR]
     sgc predict   --model DIR  FILE ...
     sgc export    --run-dir R --out DIR
+    sgc ood-study --run-dir R [--mini-mias-root D] [--cbis-ddsm-root D] [--tag ood_breastmnist]
+    sgc counterfactual-study --run-dir R [--t-star 0.2 0.4 0.6] [--n 100] [--tag counterfactuals_digits]
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import sys
 
 __all__ = ["COMMANDS", "add_parsers", "run"]
 
-COMMANDS = ("predict", "calibrate", "export")
+COMMANDS = ("predict", "calibrate", "export", "ood-study", "counterfactual-study")
 
 
 def _estimator_args(p, default):
@@ -43,6 +45,7 @@ def add_parsers(sub) -> None:
                                          "(ood_calibration.json in the run folder)")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--split", default="val")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
     p.add_argument("--false-alarm", type=float, default=0.05, help="fraction of in-distribution images flagged")
     p.add_argument("--compressor", default="png", choices=["png", "zlib", "lzma"])
     p.add_argument("--default-score", default="complexity", choices=["complexity", "bpd"],
@@ -56,6 +59,33 @@ def add_parsers(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the model card's intervals")
 
+    p = sub.add_parser("ood-study", help="AUROC of the OOD scores: the test split against real and synthetic "
+                                         "out-of-distribution sets (needs sgc calibrate first)")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--mini-mias-root", default=None, help="folder with mini-MIAS .pgm films (patches are cut)")
+    p.add_argument("--cbis-ddsm-root", default=None, help="folder with CBIS-DDSM .dcm files")
+    p.add_argument("--data-root", default=None, help="override the data folder recorded in the run")
+    p.add_argument("--n", type=int, default=64, help="images per synthetic set")
+    _study_args(p, "ood")
+
+    p = sub.add_parser("counterfactual-study", help="SDEdit counterfactuals of test images: flip rate and L2 per t*")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--t-star", nargs="+", type=float, default=[0.2, 0.4, 0.6])
+    p.add_argument("--n", type=int, default=100, help="first N test images")
+    p.add_argument("--sampler", default="sde", choices=["sde", "ode"])
+    p.add_argument("--steps", type=int, default=500, help="reverse steps over the whole [eps, T]")
+    p.add_argument("--options", nargs="*", metavar="KEY=VALUE", default=None,
+                   help="options of the bound that classifies the counterfactuals (default n_draws=64)")
+    p.add_argument("--data-root", default=None)
+    _study_args(p, "counterfactuals")
+
+
+def _study_args(p, tag):
+    p.add_argument("--out-dir", default="reports/tables", help="<tag>.md, .csv and .json go here")
+    p.add_argument("--figures-dir", default=None, help="<tag>.png (default: <out-dir>/../figures)")
+    p.add_argument("--tag", default=tag)
+    p.add_argument("--seed", type=int, default=0)
+
 
 def run(args) -> int:
     """Execute one of COMMANDS; errors propagate to sgc.cli.main's handler."""
@@ -65,12 +95,27 @@ def run(args) -> int:
         out = export_run(args.run_dir, args.out, overwrite=args.overwrite, n_boot=args.n_boot)
         print(f"exported {args.run_dir} -> {out}")
         return 0
+    if args.command == "ood-study":
+        from .ood_study import run_ood_study
+        table = run_ood_study(args.run_dir, out_dir=args.out_dir, figures_dir=args.figures_dir, tag=args.tag,
+                              mini_mias_root=args.mini_mias_root, cbis_ddsm_root=args.cbis_ddsm_root,
+                              data_root=args.data_root, n=args.n, seed=args.seed)
+        print(f"{len(table)} rows -> {args.out_dir}/{args.tag}.md")
+        return 0
     options = _kv(args.options) if args.options is not None else None
+    if args.command == "counterfactual-study":
+        from .counterfactual import run_counterfactual_study
+        table = run_counterfactual_study(args.run_dir, out_dir=args.out_dir, figures_dir=args.figures_dir, tag=args.tag,
+                                         t_stars=args.t_star, n=args.n, sampler=args.sampler, steps=args.steps,
+                                         estimator_options=options, seed=args.seed, data_root=args.data_root)
+        print(f"{len(table)} rows -> {args.out_dir}/{args.tag}.md")
+        return 0
     if args.command == "calibrate":
         from .predict import calibrate_run
         cal = calibrate_run(args.run_dir, split=args.split, estimator=args.estimator, estimator_options=options,
                             false_alarm=args.false_alarm, compressor=args.compressor, default=args.default_score,
-                            batch_size=args.batch_size, seed=args.seed, data_root=args.data_root, device=args.device)
+                            batch_size=args.batch_size, seed=args.seed, limit=args.limit, data_root=args.data_root,
+                            device=args.device)
         s = cal["scores"]
         print(f"OOD thresholds at {cal['false_alarm']:.0%} false alarms on {cal['split']} ({s['bpd']['n']} images): "
               f"bits/dim > {s['bpd']['threshold']:.4f}, complexity score > {s['complexity']['threshold']:.4f} "

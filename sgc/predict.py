@@ -208,11 +208,14 @@ def calibrate_run(run_dir, *,
                   false_alarm: float = 0.05,     # fraction of in-distribution images flagged
                   compressor: str = "png",       # lossless compressor of the complexity score
                   default: str = "complexity",   # which score sets ood_flag: "complexity" or "bpd"
-                  batch_size: int = 64, seed: int = 0, data_root=None, device=None,
-                  progress: bool = True) -> dict:
+                  batch_size: int = 64, seed: int = 0,
+                  limit: int | None = None,      # only the first N images of the split
+                  data_root=None, device=None, progress: bool = True) -> dict:
     """Classify ``split`` (``sgc classify``) and write the OOD thresholds to ``ood_calibration.json``.
 
     p(y) of the mixture is the training frequency (``train_counts``). Returns the calibration.
+    A dataset without a validation split can calibrate on the first ``limit`` test images (and
+    must then judge OOD detection on the other test images only).
     """
     from .classify import read_scores_csv
     from .data import load_dataset
@@ -231,15 +234,15 @@ def calibrate_run(run_dir, *,
                          "pass --split, or train with a validation split (digits: --data val_size=0.2)")
     start = time.perf_counter()
     evaluate_run(run_dir, split=split, estimator=estimator, estimator_options=estimator_options, batch_size=batch_size,
-                 seed=seed, data_root=data_root, device=device, progress=progress)
+                 seed=seed, limit=limit, data_root=data_root, device=device, progress=progress)
     ids, _, log_lik = read_scores_csv(run_dir / f"scores_{split}_{estimator}.csv")
-    ds = splits[split]
+    ds = splits[split] if limit is None else splits[split].subset(np.arange(min(limit, len(splits[split]))))
     if list(ids) != list(ds.ids):
         raise RuntimeError(f"scores_{split}_{estimator}.csv does not list the {split} split's images in order")
     k = len(data["class_names"])
     log_p_y = log_prior(k, "empirical", np.repeat(np.arange(k), data["train_counts"]))
     scores = ood.ood_scores(log_lik, ds.images, log_p_y, data["levels"], compressor)
-    cal = {**ood.calibrate(scores, false_alarm), "split": split, "estimator": estimator,
+    cal = {**ood.calibrate(scores, false_alarm), "split": split, "limit": limit, "estimator": estimator,
            "estimator_options": estimator_options or {}, "batch_size": batch_size, "seed": seed,
            "compressor": compressor, "default": default, "log_p_y": log_p_y.tolist(),
            "checkpoint_sha256": sha256_file(find_checkpoint(run_dir)), "dataset": data["dataset"],
