@@ -189,6 +189,10 @@ def test_predict_equals_classify_on_the_real_cbis_ddsm_dicoms(tmp_path, shared_d
     np.testing.assert_allclose(frame[["p_benign", "p_malignant"]].to_numpy(), post, atol=CSV_TOL)
     np.testing.assert_allclose(posterior(log_lik), frame[["p_benign", "p_malignant"]].to_numpy(), atol=CSV_TOL)
     assert list(frame["prep_format"]) == ["dicom", "dicom"] and list(frame["prep_quantised_bits"]) == [16, 16]
+    recipe = recipe_from_config(json.loads((run / "config.json").read_text()))
+    assert recipe["derived"] and recipe["settings"]["size"] == 32
+    for i, path in enumerate(frame["file"]):   # the model inputs themselves are the cached training images
+        np.testing.assert_array_equal(prepare_file(recipe, path)[0], test.images[i])
 
 
 # --- errors ------------------------------------------------------------------------------
