@@ -6,6 +6,7 @@
     sgc export    --run-dir R --out DIR
     sgc ood-study --run-dir R [--mini-mias-root D] [--cbis-ddsm-root D] [--tag ood_breastmnist]
     sgc counterfactual-study --run-dir R [--t-star 0.2 0.4 0.6] [--n 100] [--tag counterfactuals_digits]
+    sgc evidence-study --run-dir R [--n 100] [--draws 64] [--tag evidence_digits]
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 
 __all__ = ["COMMANDS", "add_parsers", "run"]
 
-COMMANDS = ("predict", "calibrate", "export", "ood-study", "counterfactual-study")
+COMMANDS = ("predict", "calibrate", "export", "ood-study", "counterfactual-study", "evidence-study")
 
 
 def _estimator_args(p, default):
@@ -79,6 +80,16 @@ def add_parsers(sub) -> None:
     p.add_argument("--data-root", default=None)
     _study_args(p, "counterfactuals")
 
+    p = sub.add_parser("evidence-study", help="evidence maps: randomisation check, deletion / insertion curves")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--n", type=int, default=100, help="first N test images")
+    p.add_argument("--draws", type=int, default=64, help="paired draws per evidence map")
+    p.add_argument("--steps", type=int, default=16, help="points of the deletion / insertion curves")
+    p.add_argument("--options", nargs="*", metavar="KEY=VALUE", default=None,
+                   help="options of the bound that scores p(a | x) on the curves (default n_draws=64)")
+    p.add_argument("--data-root", default=None)
+    _study_args(p, "evidence")
+
 
 def _study_args(p, tag):
     p.add_argument("--out-dir", default="reports/tables", help="<tag>.md, .csv and .json go here")
@@ -103,6 +114,13 @@ def run(args) -> int:
         print(f"{len(table)} rows -> {args.out_dir}/{args.tag}.md")
         return 0
     options = _kv(args.options) if args.options is not None else None
+    if args.command == "evidence-study":
+        from .explain import run_evidence_study
+        table = run_evidence_study(args.run_dir, out_dir=args.out_dir, figures_dir=args.figures_dir, tag=args.tag,
+                                   n=args.n, n_draws=args.draws, steps=args.steps, estimator_options=options,
+                                   seed=args.seed, data_root=args.data_root)
+        print(f"{len(table)} rows -> {args.out_dir}/{args.tag}.md")
+        return 0
     if args.command == "counterfactual-study":
         from .counterfactual import run_counterfactual_study
         table = run_counterfactual_study(args.run_dir, out_dir=args.out_dir, figures_dir=args.figures_dir, tag=args.tag,

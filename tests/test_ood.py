@@ -90,3 +90,7 @@ def test_ood_and_counterfactual_studies_write_tables_naming_their_run(tmp_path):
                  "--options", "n_draws=4", "--out-dir", str(out), "--figures-dir", str(figs), "--tag", "cf"]) == 0
     table = pd.read_csv(out / "cf.csv")
     assert len(table) == 2 and set(table["run"]) == {"digits-run"} and (figs / "cf.png").exists()
+    assert main(["evidence-study", "--run-dir", str(run), "--n", "6", "--draws", "8", "--steps", "4",
+                 "--options", "n_draws=4", "--out-dir", str(out), "--figures-dir", str(figs), "--tag", "ev"]) == 0
+    ev = json.loads((out / "ev.json").read_text())
+    assert ev["run"] == "digits-run" and len(ev["curves"]["evidence map"]["deletion"]) == 5
