@@ -203,7 +203,8 @@ def test_bad_files_get_error_rows_and_the_cli_names_them(tmp_path, capsys):
     opts = ["--estimator", "elbo", "--options", "n_draws=4"]
     argv = ["predict", "--run-dir", str(run)]
     assert main([*argv, str(tmp_path / "good.npy"), str(tmp_path / "bad.npy"), "--out", str(tmp_path / "p.csv"),
-                 *opts]) == 0
+                 "--panels", str(tmp_path / "panels"), *opts]) == 0
+    assert sorted(p.name for p in (tmp_path / "panels").iterdir()) == ["good.png"]   # one panel per predicted image
     frame = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
     assert frame["error"].iloc[0] == "" and "outside [0, 1]" in frame["error"].iloc[1]
     assert frame["predicted"].iloc[1] == ""
