@@ -9,7 +9,7 @@ flipped as a control when training used horizontal flips). ``run_ood_study`` sco
 with the run's calibrated estimator and writes one table row per set (AUROC with its DeLong
 95 % interval, detection rate at the calibrated threshold, false-alarm rate at 95 % detection)
 for the raw mixture bits/dim and the complexity-corrected score, naming the run folder and
-checkpoint each row came from; plus a histogram figure.
+checkpoint each row came from, and every image's scores (JSON ``per_image``); plus a histogram figure.
 """
 from __future__ import annotations
 
@@ -157,7 +157,8 @@ def run_ood_study(run_dir, *,
     atomic_write_text(out_dir / f"{tag}.csv", table.to_csv(index=False, float_format="%.4f"))
     meta = {"run": run_dir.name, "checkpoint_sha256": sha, "calibration": {k: v for k, v in cal.items() if k != "scores"},
             "thresholds": {k: v["threshold"] for k, v in cal["scores"].items()}, "seconds": time.perf_counter() - start,
-            "rows": rows}
+            "rows": rows, "per_image": {name: {k: np.round(s[k], 5).tolist() for k in ("bpd", "complexity", "compressor_bpd")}
+                                        for name, s in scored.items()}}
     atomic_write_text(out_dir / f"{tag}.json", json.dumps(meta, indent=1))
     atomic_write_text(out_dir / f"{tag}.md", _markdown(table, cal, run_dir.name, sha))
     _figure(scored, cal, Path(figures_dir) if figures_dir else out_dir.parent / "figures", tag)
@@ -192,7 +193,7 @@ def _figure(scored: dict, cal: dict, folder: Path, tag: str) -> None:
         bins = np.linspace(np.percentile(values, 0.5), np.percentile(values, 99.5), 40)
         for name, v in scored.items():
             ax.hist(np.clip(v[score], bins[0], bins[-1]), bins=bins, histtype="step", density=True, label=name,
-                    linewidth=2.2 if name.startswith("test (in") else 1.1)
+                    linewidth=2.2 if name.startswith("test (in") else 1.1, linestyle="--" if "control" in name else "-")
         ax.axvline(cal["scores"][score]["threshold"], color="k", linestyle="--", linewidth=1)
         ax.set_xlabel(label)
         ax.set_ylabel("density")
