@@ -107,10 +107,9 @@ def predict_files(clf,                           # a fitted sgc.classify.ScoreCl
     cal = load_calibration(clf.source_dir_) if getattr(clf, "source_dir_", None) else None
     stale = bool(cal and getattr(clf, "checkpoint_sha256_", None) and cal["checkpoint_sha256"] != clf.checkpoint_sha256_)
     cal = None if stale else cal
-    if estimator is None:
-        estimator = cal["estimator"] if cal else clf.estimator
-        if estimator_options is None:
-            estimator_options = cal.get("estimator_options") if cal else clf.estimator_options
+    estimator = estimator or (cal["estimator"] if cal else clf.estimator)
+    if estimator_options is None:  # the calibration's options for its estimator, else the classifier's
+        estimator_options = cal.get("estimator_options") if cal and cal["estimator"] == estimator else clf.estimator_options
     estimator_options = dict(estimator_options or {})
     paths = expand_inputs([files] if isinstance(files, (str, Path)) else files)
     images, good, rows = [], [], []
