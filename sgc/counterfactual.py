@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from .likelihood import ode_drift
 from .sde import SDE, _bcast
@@ -92,7 +93,7 @@ def counterfactual(model, sde: SDE, x, target, *,
 
 def counterfactual_study(model, sde: SDE, x, classify_fn, *,
                          t_stars=(0.2, 0.4, 0.6),   # noise levels to compare
-                         sampler: str = "sde", steps: int = 500, seed: int = 0,
+                         sampler: str = "sde", steps: int = 500, seed: int = 0, progress: bool = False,
                          ) -> tuple[pd.DataFrame, dict]:
     """Flip rate and distance of counterfactuals per t*, towards the runner-up class and (control)
     towards the predicted class. ``classify_fn``: images (N, C, H, W) -> posterior (N, K).
@@ -107,16 +108,17 @@ def counterfactual_study(model, sde: SDE, x, classify_fn, *,
     runner_up = np.argsort(post, axis=1)[:, -2]
     rows, results = [], {}
     d = int(np.prod(x.shape[1:]))
-    for t_star in t_stars:
-        for towards, target in (("runner-up class", runner_up), ("predicted class (control)", pred)):
-            cf = counterfactual(model, sde, x, target, t_star=t_star, sampler=sampler, steps=steps, seed=seed)
-            after = classify_fn(cf.images).argmax(1)
-            l2 = np.sqrt((cf.diff.reshape(len(x), -1) ** 2).sum(1))
-            rows.append({"t_star": t_star, "towards": towards, "n": len(x), "flip_rate": float(np.mean(after != pred)),
-                         "target_rate": float(np.mean(after == target)), "l2_mean": float(l2.mean()),
-                         "l2_median": float(np.median(l2)), "rmse_mean": float((l2 / np.sqrt(d)).mean()),
-                         "nfe": cf.nfe, "seconds": cf.seconds, "sampler": sampler})
-            results[(t_star, "target" if towards.startswith("runner") else "control")] = cf
+    jobs = [(t, towards, target) for t in t_stars
+            for towards, target in (("runner-up class", runner_up), ("predicted class (control)", pred))]
+    for t_star, towards, target in tqdm(jobs, desc="counterfactuals", unit="setting", disable=not progress):
+        cf = counterfactual(model, sde, x, target, t_star=t_star, sampler=sampler, steps=steps, seed=seed)
+        after = classify_fn(cf.images).argmax(1)
+        l2 = np.sqrt((cf.diff.reshape(len(x), -1) ** 2).sum(1))
+        rows.append({"t_star": t_star, "towards": towards, "n": len(x), "flip_rate": float(np.mean(after != pred)),
+                     "target_rate": float(np.mean(after == target)), "l2_mean": float(l2.mean()),
+                     "l2_median": float(np.median(l2)), "rmse_mean": float((l2 / np.sqrt(d)).mean()),
+                     "nfe": cf.nfe, "seconds": cf.seconds, "sampler": sampler})
+        results[(t_star, "target" if towards.startswith("runner") else "control")] = cf
     return pd.DataFrame(rows), results
 
 
@@ -149,7 +151,7 @@ def run_counterfactual_study(run_dir, *,
         return posterior(s.log_lik)
 
     table, results = counterfactual_study(model, sde, x, classify, t_stars=t_stars, sampler=sampler, steps=steps,
-                                          seed=seed)
+                                          seed=seed, progress=True)
     sha = sha256_file(find_checkpoint(run_dir))
     table.insert(0, "run", run_dir.name)
     table.insert(1, "checkpoint_sha256", sha[:12])
