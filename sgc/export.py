@@ -68,6 +68,8 @@ def model_card(config: dict, metrics: list[dict], calibration: dict | None, reci
              f"- Dataset `{data['dataset']}` (loader options {json.dumps(data.get('options') or {})}), "
              f"{data.get('n_train', 'n/a')} training images, per class {data.get('train_counts')}; "
              f"images {data['shape']} with {data['levels']} grey levels.",
+             f"- Splits: trained on the loader's `train` split; the metrics below name their split (the source's "
+             "official split where it has one; validation carved from training by patient / group otherwise).",
              f"- Preprocessing (`preprocessing.json`, kind `{recipe['kind']}`"
              + (", reconstructed from the loader settings" if recipe.get("derived") else "") + "): "
              + ("decoded, breast-cropped, flipped and resized as in training: "

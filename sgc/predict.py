@@ -187,7 +187,8 @@ def _panels(frame: pd.DataFrame, images: np.ndarray, class_names, folder: Path) 
     import matplotlib.pyplot as plt
     from .plots import save_figure
     for (_, row), x in zip(frame.iterrows(), images):
-        fig, (a, b) = plt.subplots(1, 2, figsize=(6, 2.8), gridspec_kw={"width_ratios": [1, 1.3]})
+        fig, (a, b) = plt.subplots(1, 2, figsize=(6.5, 2.8), gridspec_kw={"width_ratios": [1, 1.3]},
+                                   layout="constrained")
         a.imshow(x[0] if x.shape[0] == 1 else np.moveaxis(x, 0, -1), cmap="gray", vmin=0, vmax=1)
         a.set_title(row["image_id"], fontsize=8)
         a.axis("off")
