@@ -199,7 +199,21 @@ class ScoreClassifier(ClassifierMixin, BaseEstimator):
         counts = config.get("data", {}).get("train_counts")  # recorded by sgc.pipeline.train_on_dataset
         labels = None if counts is None else np.repeat(np.arange(k), counts)
         clf.log_prior_ = log_prior(k, kwargs.get("prior", "uniform"), labels)
+        from .runs import find_checkpoint, sha256_file
+        clf.config_, clf.source_dir_ = config, Path(run_dir)   # preprocessing, classes, OOD calibration
+        clf.checkpoint_sha256_ = sha256_file(find_checkpoint(run_dir))
         return clf
+
+    @classmethod
+    def load(cls, path, device=None, **kwargs) -> "ScoreClassifier":
+        """A fitted classifier from an export folder (``sgc export``); safetensors, never unpickled."""
+        from .export import load_classifier
+        return load_classifier(cls, path, device=device, **kwargs)
+
+    def predict_files(self, files, **options):
+        """One row per image file (DataFrame): see :func:`sgc.predict.predict_files`."""
+        from .predict import predict_files
+        return predict_files(self, files, **options)
 
     def log_likelihoods(self, X) -> ClassScores:
         self._check_fitted()

@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default="runs/experiments", help="score-model run folders (<work-dir>/<tag>/...)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default=None)
+    from .commands import add_parsers  # predict, calibrate, export
+    add_parsers(sub)
     return parser
 
 
@@ -193,7 +195,7 @@ def _close_progress_bars() -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from . import distributed, pipeline
+    from . import commands, distributed, pipeline
     from .errors import SgcError, one_line
     from .train import TrainingInterrupted
     try:
@@ -232,6 +234,8 @@ def main(argv=None) -> int:
                 out_dir=args.out_dir, figures_dir=args.figures_dir, work_dir=f"{args.work_dir}/{args.tag}",
                 tag=args.tag, device=args.device, threads=args.threads, progress=True)
             print(f"{len(frame)} rows appended to {args.out_dir}/{args.tag}.csv")
+        elif args.command in commands.COMMANDS:
+            return commands.run(args)
         else:  # a sub-command without a branch here must not exit 0 having done nothing
             raise NotImplementedError(f"sgc {args.command} is parsed but not dispatched")
     except TrainingInterrupted as err:  # SIGTERM / SIGINT: checkpoint written, exit 128 + signal

@@ -34,6 +34,7 @@ from . import __version__, distributed, runs
 from .classify import ESTIMATORS, ClassScores, log_prior, posterior, save_scores_csv, score_images
 from .data import DATASETS, load_dataset
 from .errors import ConfigError, DataError, RunExists, RunFolderError
+from .data.recipes import recipe_for
 from .fileio import atomic_path, atomic_write_json, atomic_write_text, check_writable
 from .nets import build_model, count_parameters
 from .sde import make_sde
@@ -183,7 +184,8 @@ def train_on_dataset(dataset: str = "digits", run_dir="runs/digits", *,
         meta = {"data": {"dataset": dataset, "root": None if data_root is None else str(data_root),
                          "options": data_options or {}, "class_names": list(tr.class_names),
                          "levels": tr.levels, "shape": list(tr.shape), "n_train": len(tr),
-                         "train_counts": np.bincount(tr.labels, minlength=len(tr.class_names)).tolist()},
+                         "train_counts": np.bincount(tr.labels, minlength=len(tr.class_names)).tolist(),
+                         "preprocessing": recipe_for(dataset, data_options or {}, tr.shape, tr.levels)},  # for sgc predict
                 "parameters": count_parameters(net), "torch": torch.__version__, "sgc": __version__}
         start = time.perf_counter()
         _, ema, history = train_score_model(net, sde_obj, tr.images, tr.labels, tcfg, run_dir=run_dir,
