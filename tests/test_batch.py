@@ -132,7 +132,7 @@ def _notebook(path, params_src, body):
 
 
 @pytest.mark.slow
-def test_failure_names_notebook_and_cell_keeps_it_and_resume_continues(tmp_path):
+def test_failure_names_notebook_and_cell_keeps_it_and_resume_continues(tmp_path, capfd):
     nbdir = tmp_path / "nbs"
     nbdir.mkdir()
     _notebook(nbdir / "01_first.ipynb", "run_dir = None\nvalue = 1",
@@ -151,9 +151,13 @@ def test_failure_names_notebook_and_cell_keeps_it_and_resume_continues(tmp_path)
     assert not list(run.glob("*.running.ipynb"))
     (run / "first.txt").unlink()
     logs = []
+    capfd.readouterr()
     done = batch.run_batch("toy", params={"fail": False}, out=out, notebooks_dir=nbdir, params_dir=tmp_path,
-                           resume=True, log=logs.append)
+                           resume=True, log=logs.append, progress=True)
     assert [p.name for p in done] == ["02_second.ipynb"]
+    err = capfd.readouterr().err
+    assert "02_second: 100%" in err and "4/4 [" in err and "cell/s" in err, err      # a bar counting cells (+ injected)
+
     assert not (run / "first.txt").exists(), "notebook 01 was done and must not rerun"
     assert (run / "second.txt").read_text() == "ok" and not (run / "02_second.failed.ipynb").exists()
     state = json.loads((run / "batch.json").read_text())
