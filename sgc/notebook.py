@@ -53,18 +53,6 @@ def default_runs_dir() -> Path:
     return committed if committed.is_dir() else Path("runs")
 
 
-def _import_quietly() -> None:
-    """Import sgc.train with tqdm's "IProgress not found" warning filtered: sgc.train still imports
-    tqdm.auto (sgc.progress is the text bar every other module uses), and in a kernel without
-    ipywidgets that import would print a warning cell in every rendered notebook."""
-    import warnings
-    from tqdm import TqdmWarning
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TqdmWarning)
-        import tqdm.auto  # noqa: F401 - imported once here, silently; later imports are cached
-        from . import train  # noqa: F401
-
-
 def setup(dataset: str | None = None, *,
           run_dir=None,                     # the shared run folder (None: $SGC_RUN_DIR/<dataset> or a temp folder)
           figures_dir=None,                 # None: <run_dir>/figures
@@ -79,7 +67,6 @@ def setup(dataset: str | None = None, *,
           show: bool = True) -> Setup:
     """Check the shared parameters, make the run folder, set device, threads and theme; print
     what was chosen and the environment. Returns the resolved folders and device."""
-    _import_quietly()
     import torch
     from . import plots
     from .batch import default_run_dir, environment_summary

@@ -91,6 +91,7 @@ def test_installed_sgc_batch_runs_from_another_folder(venv, tmp_path):
     assert executed.exists() and "01_data_exploration: done" in done.stdout
     text = executed.read_text()
     assert str(tmp_path) not in text and str(venv) not in text and str(REPO) not in text   # paths travel
+    assert "IProgress not found" not in text                                               # no warning cell
     state = json.loads((tmp_path / "runs" / "digits" / "batch.json").read_text())
     assert state["notebooks"]["01_data_exploration"]["parameters"]["run_dir"] == "runs/digits"
 
