@@ -7,6 +7,7 @@ def _quiet_tqdm_auto() -> None:
     tqdm.auto (every other module uses the text bar of sgc.progress); in a Jupyter kernel without
     ipywidgets that import prints a TqdmWarning cell into every rendered notebook. tqdm.auto then
     falls back to the text bar, which is what sgc wants. Remove once sgc.train uses sgc.progress."""
+    import importlib
     import warnings
     try:
         from tqdm import TqdmWarning
@@ -14,7 +15,7 @@ def _quiet_tqdm_auto() -> None:
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TqdmWarning)
-        import tqdm.auto  # noqa: F401
+        importlib.import_module("tqdm.auto")  # imported, not used: sgc's own bars are sgc.progress
 
 
 _quiet_tqdm_auto()
