@@ -48,7 +48,7 @@ test: venv
 # the committed results: the demo model and the five digits notebooks into reports/ (long)
 reports: venv
 	$(VENV)/bin/sgc demo --run-dir reports/runs/digits --overwrite
-	$(VENV)/bin/sgc batch --dataset digits --out reports/runs --reports-dir reports
+	$(VENV)/bin/sgc batch --dataset digits --runs-dir reports/runs --reports-dir reports
 
 bench: venv
 	$(PY) benchmarks/likelihood.py

@@ -36,8 +36,14 @@ from sgc.data.dicom import read_dicom  # noqa: E402
 from sgc.data.preprocess import PreprocessSettings, preprocess  # noqa: E402
 
 
+def _test_data() -> Path:
+    """The real data folder of the tests: $SGC_TEST_DATA, else $SGC_DATA, else the team's ../shared/data."""
+    given = os.environ.get("SGC_TEST_DATA") or os.environ.get("SGC_DATA")
+    return Path(given) if given else REPO.parent / "shared" / "data"
+
+
 def source_dicoms(tmp: Path) -> tuple[list[Path], str]:
-    shared = Path(os.environ.get("SGC_TEST_DATA", REPO.parent / "shared" / "data")) / "cbis-ddsm" / "dicom"
+    shared = _test_data() / "cbis-ddsm" / "dicom"
     files = sorted(shared.rglob("*.dcm")) if shared.exists() else []
     if files:
         return files, "real CBIS-DDSM (RLE, 16-bit)"
@@ -136,7 +142,9 @@ def main(argv=None):
         parallel = time_cache(files, args.images, args.workers, tmp / "parallel")
         io = time_read_vs_step(Path(serial["path"]), 512, args.batch, args.repeats, args.channels)
     per_image = stages["decode_s"] + stages["preprocess_s"]
-    report = {"source": kind, "files": [str(f) for f in files], "cpu": platform.processor() or platform.machine(),
+    # file names relative to the data folder (or the temporary one): no path of this machine in the JSON
+    names = [f.relative_to(_test_data()).as_posix() if f.is_relative_to(_test_data()) else f.name for f in files]
+    report = {"source": kind, "files": names, "cpu": platform.processor() or platform.machine(),
               "cores": os.cpu_count(), "stages": stages, "images_per_s_per_core_stages": 1 / per_image,
               "cache_serial": serial, "cache_parallel": parallel, "read_vs_step": io,
               "read_faster_than_step": io["read_batch_s"] < io["train_step_s"]}

@@ -16,7 +16,7 @@ host round trips, 2 forward passes + 1 VJP per evaluation; ``benchmarks/likeliho
 of this run, on the same images and batches: it is slow, one full solve per batch and class.
 
     python benchmarks/classify.py                                  # CPU, digits 8x8, ScoreMLP
-    python benchmarks/classify.py --dataset breastmnist --data-root ../shared/data/medmnist --size 28 --images 0
+    python benchmarks/classify.py --dataset breastmnist --size 28 --images 0  # data: $SGC_DATA/medmnist, ...
     python benchmarks/classify.py --device cuda --arch unet --size 64 --compile graph
 """
 from __future__ import annotations
@@ -105,8 +105,9 @@ def main(argv=None):
     from likelihood import prepare_model
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", default=None, help="trained run folder (trained here when empty)")
-    ap.add_argument("--dataset", default="digits", help="digits or breastmnist (needs --data-root)")
-    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--dataset", default="digits", help="digits or breastmnist")
+    ap.add_argument("--data-root", default=None, help="the dataset's folder (default: the data-root rule, "
+                                                      "$SGC_DATA/<folder> else a default; see sgc train --help)")
     ap.add_argument("--arch", default="mlp", choices=["mlp", "unet"])
     ap.add_argument("--size", type=int, default=8)
     ap.add_argument("--train-steps", type=int, default=600)

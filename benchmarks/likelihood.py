@@ -201,8 +201,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", default=None, help="trained run folder (trained here when empty)")
     ap.add_argument("--arch", default="mlp", choices=["mlp", "unet"])
-    ap.add_argument("--dataset", default="digits", help="digits or breastmnist (needs --data-root)")
-    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--dataset", default="digits", help="digits or breastmnist")
+    ap.add_argument("--data-root", default=None, help="the dataset's folder (default: the data-root rule, "
+                                                      "$SGC_DATA/<folder> else a default; see sgc train --help)")
     ap.add_argument("--size", type=int, default=8, help="image side (padded with zeros)")
     ap.add_argument("--train-steps", type=int, default=600)
     ap.add_argument("--images", type=int, default=2, help="test images (one batch)")

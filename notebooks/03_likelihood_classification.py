@@ -27,7 +27,7 @@
 
 # %% tags=["parameters"]
 dataset = "digits"            # a name known to sgc.data.load_dataset
-data_root = None              # folder with the dataset's files (None: digits are embedded)
+data_root = None              # the dataset's folder; None: $SGC_DATA/<folder>, else a default (digits: embedded)
 data_options = {}             # loader keywords, e.g. {"size": 32}
 run_dir = None                # shared run folder (None: <tmp>/sgc-notebooks/<dataset>)
 figures_dir = None            # where figures are saved (None: <run_dir>/figures)
@@ -62,12 +62,18 @@ import matplotlib.pyplot as plt
 
 from sgc import metrics as M
 from sgc import plots
-from sgc.batch import default_run_dir, ensure_run, environment_summary
+from sgc.batch import ensure_run
 from sgc.classify import ESTIMATORS, log_prior, posterior, read_scores_csv
-from sgc.data import DATASETS, load_dataset
+from sgc.data import load_dataset
+from sgc.intervals import metrics_with_ci
+from sgc.notebook import setup
 from sgc.pipeline import evaluate_run
 
-assert dataset in DATASETS, f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}"
+# checks the shared parameters (dataset, loader options, network, SDE, TrainConfig), makes the run
+# folder, picks device and threads, prints them and the environment
+nb = setup(dataset, run_dir=run_dir, figures_dir=figures_dir, device=device, cpu_threads=cpu_threads,
+           data_root=data_root, data_options=data_options, model=model, sde=sde, train=train)
+run_dir, figures_dir, device = nb.run_dir, nb.figures_dir, nb.device
 assert estimator in ESTIMATORS, f"estimator must be one of {ESTIMATORS}"
 assert prior in ("uniform", "empirical")
 assert limit is None or (isinstance(limit, int) and limit >= 2)
@@ -75,17 +81,6 @@ assert isinstance(estimator_options, dict) and isinstance(baseline_options, dict
 assert 0 <= min_accuracy <= 1 and n_boot >= 10
 assert min_auc is None or 0 <= min_auc <= 1
 assert bpd_band is None or (len(bpd_band) == 2 and bpd_band[0] < bpd_band[1])
-run_dir = Path(run_dir) if run_dir else default_run_dir(dataset)
-figures_dir = Path(figures_dir) if figures_dir else run_dir / "figures"
-device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-if device == "cpu" and cpu_threads:
-    torch.set_num_threads(int(cpu_threads))
-plots.set_theme()
-print(f"run folder: {run_dir}\nfigures:    {figures_dir}")
-
-# %%
-for key, value in environment_summary(device).items():
-    print(f"{key:12s} {value}")
 
 # %% [markdown]
 # ## Likelihoods from the probability-flow ODE
@@ -202,7 +197,7 @@ table = []
 for name, p in rows.items():
     if every_class:
         s = M.summary_metrics(labels, p, class_names=class_names)
-        ci = M.metrics_with_ci(labels, p, class_names=class_names, n_boot=n_boot)
+        ci = metrics_with_ci(labels, p, class_names=class_names, n_boot=n_boot)
         auc, auc_ci, ece, brier = s["auc_macro_ovr"], f"[{ci['auc']['lo']:.3f}, {ci['auc']['hi']:.3f}]", s["ece"], s["brier"]
         acc_ci = f"[{ci['accuracy']['lo']:.3f}, {ci['accuracy']['hi']:.3f}]"
     else:  # a subset without some class: only what is defined on it
@@ -238,7 +233,7 @@ else:
 # A reliability diagram bins the test images by their confidence $\max_y p(y\mid x)$ and shows
 # the accuracy of each bin; a calibrated classifier lies on the diagonal. Exact likelihoods of
 # high-dimensional images differ by many nats between classes, so the posterior of a generative
-# classifier tends to be over-confident; `sgc.metrics.fit_temperature` fixes that on a
+# classifier tends to be over-confident; `sgc.decision.fit_temperature` fixes that on a
 # validation split.
 
 # %%

@@ -31,7 +31,7 @@
 # the repository's `reports/`; a plain `sgc batch` uses the ignored `runs/` instead.
 
 # %% tags=["parameters"]
-runs_dir = None               # folder of run folders with metrics_*.json (None: the repository's reports/runs)
+runs_dir = None               # folder of run folders with metrics_*.json (None: the clone's reports/runs, else runs)
 reports_dir = None            # where figures/ and tables/ go (None: <tmp>/sgc-notebooks/reports)
 toy_points = 1000             # training points per class of the 2-D toy problem
 toy_steps = 400               # training steps of the toy score model
@@ -51,21 +51,17 @@ import torch
 import matplotlib.pyplot as plt
 
 from sgc import plots, toy
-from sgc.batch import NOTEBOOKS_DIR, default_run_dir, environment_summary
+from sgc.notebook import default_runs_dir, setup
 
 assert toy_points >= 50 and toy_steps >= 10 and 0 < toy_t < 1 and 0 <= min_toy_agreement <= 1
-runs_dir = Path(runs_dir) if runs_dir else NOTEBOOKS_DIR.parent / "reports" / "runs"
-reports_dir = Path(reports_dir) if reports_dir else default_run_dir("reports")
-figures_dir, tables_dir = reports_dir / "figures", reports_dir / "tables"
+runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
+print(f"{'runs':12s} {runs_dir}")
+# makes the reports folder (None: <tmp>/sgc-notebooks/reports), sets threads and theme, prints the environment
+nb = setup(run_dir=reports_dir, figures_dir=Path(reports_dir, "figures") if reports_dir else None, device="cpu",
+           cpu_threads=cpu_threads, folder_name="reports")
+reports_dir, figures_dir = nb.run_dir, nb.figures_dir
+tables_dir = reports_dir / "tables"
 tables_dir.mkdir(parents=True, exist_ok=True)
-if cpu_threads:
-    torch.set_num_threads(int(cpu_threads))
-plots.set_theme()
-print(f"runs:    {runs_dir}\nfigures: {figures_dir}\ntables:  {tables_dir}")
-
-# %%
-for key, value in environment_summary("cpu").items():
-    print(f"{key:12s} {value}")
 
 # %% [markdown]
 # ## Figure 1 · Two class densities and their learned score fields

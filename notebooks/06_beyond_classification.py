@@ -69,7 +69,7 @@ import torch
 import matplotlib.pyplot as plt
 
 from sgc import ood, plots
-from sgc.batch import default_run_dir, ensure_run, environment_summary
+from sgc.batch import ensure_run
 from sgc.classify import ScoreClassifier, posterior
 from sgc.counterfactual import counterfactual_figure, counterfactual_study
 from sgc.data import DATASETS, load_dataset
@@ -77,6 +77,7 @@ from sgc.data.recipes import recipe_from_config
 from sgc.explain import deletion_insertion, evidence_map, randomized_model, rank_similarity
 from sgc.export import export_run
 from sgc.ood_study import ood_sets, score_sets
+from sgc.notebook import setup
 from sgc.predict import calibrate_run, load_calibration, score_chunked
 
 assert dataset in DATASETS, f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}"
@@ -85,17 +86,10 @@ assert 0 < false_alarm < 0.5 and batch_size >= 1
 assert min(file_images, explain_images, deletion_images, counterfactual_images) >= 2 and ood_images >= 4
 assert evidence_draws >= 2 and deletion_steps >= 2 and counterfactual_steps >= 10
 assert all(0 < t <= 1 for t in t_stars), "t_stars must lie in (0, 1]"
-run_dir = Path(run_dir) if run_dir else default_run_dir(dataset)
-figures_dir = Path(figures_dir) if figures_dir else run_dir / "figures"
-device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-if device == "cpu" and cpu_threads:
-    torch.set_num_threads(int(cpu_threads))
-plots.set_theme()
-print(f"run folder: {run_dir}\nfigures:    {figures_dir}")
-
-# %%
-for key, value in environment_summary(device).items():
-    print(f"{key:12s} {value}")
+# checks the shared parameters, makes the run folder, picks device and threads, prints them and the environment
+nb = setup(dataset, run_dir=run_dir, figures_dir=figures_dir, device=device, cpu_threads=cpu_threads,
+           data_root=data_root, data_options=data_options, model=model, sde=sde, train=train)
+run_dir, figures_dir, device = nb.run_dir, nb.figures_dir, nb.device
 
 # %%
 net, sde_obj, config, trained = ensure_run(run_dir, dataset, data_root=data_root, data_options=data_options,

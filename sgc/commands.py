@@ -1,4 +1,4 @@
-"""The ``sgc predict``, ``sgc calibrate`` and ``sgc export`` sub-commands (registered by sgc.cli).
+"""The ``sgc predict``, ``calibrate``, ``export`` and study sub-commands (registered by sgc.cli).
 
     sgc calibrate --run-dir R [--split val] [--estimator ode] [--false-alarm 0.05]
     sgc predict   --run-dir R  FILE|FOLDER|GLOB ... [--out predictions.csv] [--panels DIR]
@@ -17,19 +17,30 @@ __all__ = ["COMMANDS", "add_parsers", "run"]
 COMMANDS = ("predict", "calibrate", "export", "ood-study", "counterfactual-study", "evidence-study")
 
 
+def _options_args(p, what: str) -> None:
+    from .cli import _OldSection, _add_set
+    _add_set(p, f"estimator_options ({what})", "estimator_options.n_draws=64")
+    p.add_argument("--options", action=_OldSection, section="estimator_options")
+
+
 def _estimator_args(p, default):
+    from .cli import _add_device
     p.add_argument("--estimator", default=default, choices=["ode", "elbo"],
                    help="likelihood estimator" + (" (default: the OOD calibration's, else ode)" if default is None else ""))
-    p.add_argument("--options", nargs="*", metavar="KEY=VALUE", default=None,
-                   help="estimator options, e.g. rtol=1e-5 n_probes=1 or n_draws=64")
+    _options_args(p, "e.g. rtol=1e-5, n_probes=1 or n_draws=64")
     p.add_argument("--batch-size", type=int, default=64, help="images per chunk (one seed and one solve each)")
     p.add_argument("--seed", type=int, default=0, help="seeds the chunks exactly as sgc classify does")
-    p.add_argument("--device", default=None)
+    _add_device(p)
 
 
-def add_parsers(sub) -> None:
-    """Add the sub-commands to the ``sgc`` parser's subparsers."""
-    p = sub.add_parser("predict", help="classify image files (DICOM, PNG/JPEG/TIFF, PGM, NPY; folders, globs) "
+def add_parsers(command) -> None:
+    """Add the sub-commands through ``command(name, help)`` of ``sgc.cli.build_parser``; each runs ``run``."""
+    def sub_parser(name, help):
+        p = command(name, help)
+        p.set_defaults(run=run)
+        return p
+
+    p = sub_parser("predict", help="classify image files (DICOM, PNG/JPEG/TIFF, PGM, NPY; folders, globs) "
                                        "with a run folder or an export; OOD scores and flags")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run-dir", help="trained run folder")
@@ -42,7 +53,7 @@ def add_parsers(sub) -> None:
                    help="lesion box in source pixels (lesion-patch runs; applied to every file)")
     _estimator_args(p, None)
 
-    p = sub.add_parser("calibrate", help="classify the validation split and set the OOD thresholds "
+    p = sub_parser("calibrate", help="classify the validation split and set the OOD thresholds "
                                          "(ood_calibration.json in the run folder)")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--split", default="val")
@@ -54,13 +65,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--data-root", default=None, help="override the data folder recorded in the run")
     _estimator_args(p, "ode")
 
-    p = sub.add_parser("export", help="weights (safetensors), config, preprocessing, OOD calibration, model card")
+    p = sub_parser("export", help="weights (safetensors), config, preprocessing, OOD calibration, model card")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--out", required=True, help="export folder")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the model card's intervals")
 
-    p = sub.add_parser("ood-study", help="AUROC of the OOD scores: the test split against real and synthetic "
+    p = sub_parser("ood-study", help="AUROC of the OOD scores: the test split against real and synthetic "
                                          "out-of-distribution sets (needs sgc calibrate first)")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--mini-mias-root", default=None, help="folder with mini-MIAS .pgm films (patches are cut)")
@@ -69,38 +80,38 @@ def add_parsers(sub) -> None:
     p.add_argument("--n", type=int, default=64, help="images per synthetic set")
     _study_args(p, "ood")
 
-    p = sub.add_parser("counterfactual-study", help="SDEdit counterfactuals of test images: flip rate and L2 per t*")
+    p = sub_parser("counterfactual-study", help="SDEdit counterfactuals of test images: flip rate and L2 per t*")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--t-star", nargs="+", type=float, default=[0.2, 0.4, 0.6])
     p.add_argument("--n", type=int, default=100, help="first N test images")
     p.add_argument("--sampler", default="sde", choices=["sde", "ode"])
     p.add_argument("--steps", type=int, default=500, help="reverse steps over the whole [eps, T]")
-    p.add_argument("--options", nargs="*", metavar="KEY=VALUE", default=None,
-                   help="options of the bound that classifies the counterfactuals (default n_draws=64)")
+    _options_args(p, "of the bound that classifies the counterfactuals; default n_draws=64")
     p.add_argument("--data-root", default=None)
     _study_args(p, "counterfactuals")
 
-    p = sub.add_parser("evidence-study", help="evidence maps: randomisation check, deletion / insertion curves")
+    p = sub_parser("evidence-study", help="evidence maps: randomisation check, deletion / insertion curves")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--n", type=int, default=100, help="first N test images")
     p.add_argument("--draws", type=int, default=64, help="paired draws per evidence map")
     p.add_argument("--steps", type=int, default=16, help="points of the deletion / insertion curves")
-    p.add_argument("--options", nargs="*", metavar="KEY=VALUE", default=None,
-                   help="options of the bound that scores p(a | x) on the curves (default n_draws=64)")
+    _options_args(p, "of the bound that scores p(a | x) on the curves; default n_draws=64")
     p.add_argument("--data-root", default=None)
     _study_args(p, "evidence")
 
 
 def _study_args(p, tag):
-    p.add_argument("--out-dir", default="reports/tables", help="<tag>.md, .csv and .json go here")
-    p.add_argument("--figures-dir", default=None, help="<tag>.png (default: <out-dir>/../figures)")
+    p.add_argument("--reports-dir", default="reports",
+                   help="tables/<tag>.md, .csv and .json and figures/<tag>.png go here")
     p.add_argument("--tag", default=tag)
     p.add_argument("--seed", type=int, default=0)
 
 
 def run(args) -> int:
     """Execute one of COMMANDS; errors propagate to sgc.cli.main's handler."""
-    from .cli import _kv
+    from .cli import _settings
+    from .config import OPEN
+    tables, figures = (f"{getattr(args, 'reports_dir', 'reports')}/{sub}" for sub in ("tables", "figures"))
     if args.command == "export":
         from .export import export_run
         out = export_run(args.run_dir, args.out, overwrite=args.overwrite, n_boot=args.n_boot)
@@ -108,25 +119,25 @@ def run(args) -> int:
         return 0
     if args.command == "ood-study":
         from .ood_study import run_ood_study
-        table = run_ood_study(args.run_dir, out_dir=args.out_dir, figures_dir=args.figures_dir, tag=args.tag,
+        table = run_ood_study(args.run_dir, out_dir=tables, figures_dir=figures, tag=args.tag,
                               mini_mias_root=args.mini_mias_root, cbis_ddsm_root=args.cbis_ddsm_root,
                               data_root=args.data_root, n=args.n, seed=args.seed)
-        print(f"{len(table)} rows -> {args.out_dir}/{args.tag}.md")
+        print(f"{len(table)} rows -> {tables}/{args.tag}.md")
         return 0
-    options = _kv(args.options) if args.options is not None else None
+    options = _settings(args, {"estimator_options": OPEN}).get("estimator_options")  # None: not given
     if args.command == "evidence-study":
         from .explain import run_evidence_study
-        table = run_evidence_study(args.run_dir, out_dir=args.out_dir, figures_dir=args.figures_dir, tag=args.tag,
+        table = run_evidence_study(args.run_dir, out_dir=tables, figures_dir=figures, tag=args.tag,
                                    n=args.n, n_draws=args.draws, steps=args.steps, estimator_options=options,
                                    seed=args.seed, data_root=args.data_root)
-        print(f"{len(table)} rows -> {args.out_dir}/{args.tag}.md")
+        print(f"{len(table)} rows -> {tables}/{args.tag}.md")
         return 0
     if args.command == "counterfactual-study":
         from .counterfactual import run_counterfactual_study
-        table = run_counterfactual_study(args.run_dir, out_dir=args.out_dir, figures_dir=args.figures_dir, tag=args.tag,
+        table = run_counterfactual_study(args.run_dir, out_dir=tables, figures_dir=figures, tag=args.tag,
                                          t_stars=args.t_star, n=args.n, sampler=args.sampler, steps=args.steps,
                                          estimator_options=options, seed=args.seed, data_root=args.data_root)
-        print(f"{len(table)} rows -> {args.out_dir}/{args.tag}.md")
+        print(f"{len(table)} rows -> {tables}/{args.tag}.md")
         return 0
     if args.command == "calibrate":
         from .predict import calibrate_run

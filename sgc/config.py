@@ -42,6 +42,8 @@ from collections.abc import Iterable, Mapping
 
 import yaml
 
+from .errors import ConfigError  # one class for every bad option: a ValueError and an SgcError
+
 __all__ = ["OPEN", "ConfigError", "parse_value", "load_yaml", "parse_overrides", "section_items", "merge", "suggest",
            "validate", "apply_overrides", "schema_from_defaults"]
 
@@ -54,10 +56,6 @@ class _Open:
 
 
 OPEN = _Open()
-
-
-class ConfigError(ValueError):
-    """A bad override or an unknown key; the message names the key and what is known."""
 
 
 class _Loader(yaml.SafeLoader):
@@ -83,7 +81,9 @@ def parse_value(text: str):
         return load_yaml(text)
     except yaml.YAMLError as err:
         first = str(err).splitlines()[0]
-        raise ConfigError(f"value {text!r} is not valid YAML ({first}); quote it to pass a string") from None
+        raise ConfigError(f"value {text!r} is not a plain YAML value (not valid YAML: {first}). Write a number, "
+                          f"true/false, a [list], a {{mapping}} or a string (quote it to keep it a string); "
+                          f"tags such as !!python/... are refused") from None
 
 
 def _set(tree: dict, path: list[str], value, item: str) -> None:

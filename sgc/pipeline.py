@@ -28,11 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from .progress import tqdm
+from .progress import SolveProgress, tqdm
 
 from . import __version__, distributed, runs
 from .classify import ESTIMATORS, ClassScores, log_prior, posterior, save_scores_csv, score_images
 from .data import DATASETS, load_dataset
+from .data.roots import RELATIVE_TO_RUN, record_root, recorded_root
 from .errors import ConfigError, DataError, RunExists, RunFolderError
 from .data.recipes import recipe_for
 from .fileio import atomic_path, atomic_write_json, atomic_write_text, check_writable
@@ -93,7 +94,7 @@ def check_model_options(model: dict | None) -> None:
 def check_train_options(train: dict | None) -> None:
     """ConfigError naming an unknown training option (a TrainConfig field), before any work."""
     from dataclasses import fields
-    _unknown("training", train or {}, {f.name for f in fields(TrainConfig)}, "sgc train (--train)")
+    _unknown("training", train or {}, {f.name for f in fields(TrainConfig)}, "train (--set train.KEY=VALUE)")
 
 
 def check_estimator_options(estimator: str, options: dict | None) -> None:
@@ -181,7 +182,8 @@ def train_on_dataset(dataset: str = "digits", run_dir="runs/digits", *,
             if overwrite:
                 runs.clear_run(run_dir)
         _on_main(prepare)
-        meta = {"data": {"dataset": dataset, "root": None if data_root is None else str(data_root),
+        # an explicit data root is recorded relative to the run folder; None: the data-root rule finds it
+        meta = {"data": {"dataset": dataset, "root": record_root(data_root, run_dir), "root_base": RELATIVE_TO_RUN,
                          "options": data_options or {}, "class_names": list(tr.class_names),
                          "levels": tr.levels, "shape": list(tr.shape), "n_train": len(tr),
                          "train_counts": np.bincount(tr.labels, minlength=len(tr.class_names)).tolist(),
@@ -231,13 +233,18 @@ def _score_sharded(model, sde, images, parts: Path, key: dict, *, estimator, bat
               desc=f"classify ({estimator}, rank 0 of {distributed.world_size()})", unit="img") as bar:
         for r in mine:
             path = parts / f"chunk_{r.start:09d}.npz"
-            if not path.exists():
+            if path.exists():  # done before (this process or another)
+                bar.update(len(r))
+                continue
+            # within a chunk (one batched solve) the bar follows the ODE's time; compiled nets are not hooked
+            live = progress and estimator == "ode" and not kwargs.get("compile") and distributed.is_main()
+            with SolveProgress(bar, model, len(r), sde.T, enabled=live) as within:
                 s = score_images(model, sde, images[r.start:r.stop], estimator=estimator, batch_size=len(r),
                                  seed=_chunk_seed(seed, r.start), progress=False, **kwargs)
-                with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                    np.savez(f, log_lik=s.log_lik, bpd=s.bpd, nfe=s.nfe, seconds=np.float64(s.seconds),
-                             **{f"extra_{k}": np.asarray(v) for k, v in s.extra.items()})
-            bar.update(len(r))
+                within.finish()
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.savez(f, log_lik=s.log_lik, bpd=s.bpd, nfe=s.nfe, seconds=np.float64(s.seconds),
+                         **{f"extra_{k}": np.asarray(v) for k, v in s.extra.items()})
     distributed.barrier()
     if not distributed.is_main():
         return None
@@ -255,6 +262,7 @@ def evaluate_run(run_dir="runs/digits", *, split: str = "test",
                  estimator_options: dict | None = None,  # rtol, atol, method, n_probes / n_draws ...
                  prior: str = "uniform",            # "uniform" or "empirical" (training frequencies)
                  batch_size: int = 64, limit: int | None = None, seed: int = 0,
+                 calibrate: bool = False,           # temperature fitted on the validation split
                  data_root=None, device=None, progress: bool = True) -> dict:
     """Classify one split with the run's EMA model; write scores CSV and metrics JSON.
 
@@ -264,6 +272,12 @@ def evaluate_run(run_dir="runs/digits", *, split: str = "test",
     scored in chunks of ``batch_size``, each with its own seed derived from ``seed``, so the
     scores do not depend on the number of processes; under torchrun the chunks are shared
     among the ranks and every rank returns rank 0's metrics.
+
+    ``calibrate``: also score the validation split, fit a temperature T on it
+    (``sgc.decision.fit_temperature``: the posterior is softmax(log p(x|y) / T + log p(y))) and
+    write calibrated posteriors; the metrics gain ``calibration`` (T, the validation images, the
+    test split's expected calibration error before and after) and the files are named
+    ``*_<estimator>_calibrated``. A dataset without a validation split is refused (ConfigError).
     """
     distributed.init_from_env()
     options = json.loads(json.dumps(estimator_options or {}, default=str))
@@ -275,10 +289,11 @@ def evaluate_run(run_dir="runs/digits", *, split: str = "test",
                           f"Pass a positive --batch-size and --limit, or leave --limit out for the whole split")
     with runs.writer_lock(run_dir):
         return _evaluate(Path(run_dir), split, estimator, options, prior, batch_size, limit, seed, data_root,
-                         device, progress)
+                         device, progress, calibrate)
 
 
-def _evaluate(run_dir, split, estimator, options, prior, batch_size, limit, seed, data_root, device, progress):
+def _evaluate(run_dir, split, estimator, options, prior, batch_size, limit, seed, data_root, device, progress,
+              calibrate=False):
     from .metrics import summary_metrics
     wall = time.perf_counter()
     device = distributed.default_device(device)
@@ -289,11 +304,17 @@ def _evaluate(run_dir, split, estimator, options, prior, batch_size, limit, seed
     if missing or "train" not in config:
         raise RunFolderError(f"{run_dir / runs.CONFIG} lacks {missing or ['train']}: it was not written by sgc "
                              f"train. Score its model from Python (sgc.classify.score_images) instead")
-    root = data_root if data_root is not None else data.get("root")
+    root = data_root if data_root is not None else recorded_root(data.get("root"), run_dir, data.get("root_base"))
     splits = _load(data["dataset"], root, data.get("options") or {})
     if split not in splits:
         raise ConfigError(f"dataset {data['dataset']!r} has splits {sorted(splits)}, not {split!r}. "
                           f"Choose one of them with --split")
+    if calibrate and ("val" not in splits or split == "val"):
+        raise ConfigError(f"--calibrate fits the temperature on the validation split, and dataset {data['dataset']!r} "
+                          f"(options {data.get('options') or {}}) has splits {sorted(splits)}"
+                          + (" (calibrating the val split on itself would be circular)" if split == "val" else "")
+                          + ". Classify the test split, or train with a validation split "
+                            "(e.g. --set data_options.val_size=0.2 for digits)")
     ds = splits[split]
     n_split, k, names = len(ds), len(data["class_names"]), list(data["class_names"])
     if limit is not None and limit < len(ds):
@@ -315,11 +336,34 @@ def _evaluate(run_dir, split, estimator, options, prior, batch_size, limit, seed
     scores = _score_sharded(model, sde, ds.images, run_dir / "parts" / runs.key_sha256(key)[:16], key,
                             estimator=estimator, batch_size=batch_size, seed=seed, progress=progress,
                             levels=data["levels"], dequantize=dequantize, **options)
+    calibration = None
+    if calibrate:  # the same estimator on the validation split, in its own parts folder
+        val = splits["val"]
+        vkey = {**key, "split": "val", "n": len(val), "data_sha256": runs.data_sha256(val.images, val.labels, val.ids)}
+        val_scores = _score_sharded(model, sde, val.images, run_dir / "parts" / runs.key_sha256(vkey)[:16], vkey,
+                                    estimator=estimator, batch_size=batch_size, seed=seed, progress=progress,
+                                    levels=data["levels"], dequantize=dequantize, **options)
     if scores is None:  # not rank 0: rank 0 merges, writes and tells the metrics
         return distributed.broadcast_object(None)
     counts = np.repeat(np.arange(k), data["train_counts"])
     post = posterior(scores.log_lik, log_prior(k, prior, counts))
-    scores_name, metrics_name = runs.result_names(split, estimator, reasons)
+    if calibrate:
+        from .decision import apply_prior, fit_temperature
+        from .metrics import expected_calibration_error
+        prior_p = np.exp(log_prior(k, prior, counts))
+        temperature = fit_temperature(val_scores.log_lik, splits["val"].labels, prior=prior_p)
+        uncalibrated, post = post, apply_prior(scores.log_lik, prior_p, temperature=temperature)
+        val_y = splits["val"].labels
+        nll = lambda p: float(-np.mean(np.log(np.clip(p[np.arange(len(val_y)), val_y], 1e-300, None))))  # noqa: E731
+        calibration = {"method": "temperature scaling (sgc.decision.fit_temperature)", "fitted_on": "val",
+                       "n_val": len(val_y), "temperature": temperature,
+                       "nll_val_before": nll(apply_prior(val_scores.log_lik, prior_p)),
+                       "nll_val_after": nll(apply_prior(val_scores.log_lik, prior_p, temperature=temperature)),
+                       "ece_before": expected_calibration_error(ds.labels, uncalibrated),
+                       "ece_after": expected_calibration_error(ds.labels, post),
+                       "seconds_val": val_scores.seconds}
+    tag = f"{estimator}_calibrated" if calibrate else estimator
+    scores_name, metrics_name = runs.result_names(split, tag, reasons)
     save_scores_csv(run_dir / scores_name, scores, ds.ids, ds.labels, names, post)
     if len(present) == k:
         metrics = summary_metrics(ds.labels, post, class_names=names)
@@ -336,7 +380,7 @@ def _evaluate(run_dir, split, estimator, options, prior, batch_size, limit, seed
         "estimator_options": options, "prior": prior,
         "mean_bpd_true_class": bpd_true,
         "mean_nfe": float(scores.nfe.mean()),
-        "seconds_classify": scores.seconds,
+        "seconds_classify": scores.seconds,  # the scoring of this split (training and loading not included)
         "seconds_per_image": scores.seconds / len(ds),
         "seconds_train": float(train_seconds.read_text()) if train_seconds.exists() else None,
         "seconds_wall": time.perf_counter() - wall, "world_size": distributed.world_size(),
@@ -345,10 +389,14 @@ def _evaluate(run_dir, split, estimator, options, prior, batch_size, limit, seed
         "model_complete": status["complete"], "partial": bool(reasons), "partial_reasons": reasons,
         "scores_file": scores_name, "metrics_file": metrics_name,
         "produced_by": {**key, "prior": prior, "limit": limit, "n_split": n_split, "dataset": data["dataset"],
-                        "data_root": None if root is None else str(root), "data_options": data.get("options") or {},
+                        "data_root": record_root(root, run_dir), "data_root_base": RELATIVE_TO_RUN,
+                        "data_options": data.get("options") or {},
                         "model_steps": status["steps_done"], "model_steps_planned": status["steps_planned"]},
     })
-    metrics["seconds"] = metrics["seconds_classify"] + (metrics["seconds_train"] or 0.0)
+    metrics["seconds"] = metrics["seconds_classify"]  # before 0.2: classification + training
+    if calibration is not None:
+        metrics["calibration"] = calibration
+        metrics["produced_by"]["calibrate"] = True
     plausible = 2 * np.log2(data["levels"]) + 8
     if not bpd_true < plausible:
         metrics["warnings"] = [f"mean bits/dim of the true class is {bpd_true:.4g}, implausible for "

@@ -10,8 +10,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def shared_data() -> Path | None:
-    """The real data folder (env SGC_TEST_DATA, default ../shared/data), or None."""
-    root = Path(os.environ.get("SGC_TEST_DATA", REPO.parent / "shared" / "data"))
+    """The real data folder: $SGC_TEST_DATA, else $SGC_DATA (the same layout, one folder per source),
+    else the team's ../shared/data; None when none exists."""
+    given = os.environ.get("SGC_TEST_DATA") or os.environ.get("SGC_DATA")
+    root = Path(given) if given else REPO.parent / "shared" / "data"
     return root if root.is_dir() else None
 
 
@@ -19,7 +21,7 @@ def shared_data() -> Path | None:
 def shared_data_dir():
     root = shared_data()
     if root is None:
-        pytest.skip("real test data not found: set SGC_TEST_DATA to the shared/data folder")
+        pytest.skip("real test data not found: set SGC_TEST_DATA (or SGC_DATA) to the folder holding medmnist/, mini-mias/, cbis-ddsm/")
     return root
 
 

@@ -56,11 +56,60 @@ def test_every_parameter_file_only_has_keys_the_notebooks_declare(path, monkeypa
     batch.load_params(path.stem)  # environment variables expand (defaults present)
 
 
-def test_breastmnist_data_root_comes_from_the_environment(monkeypatch):
-    monkeypatch.delenv("SGC_DATA", raising=False)
-    assert batch.load_params("breastmnist")["data_root"] == "../shared/data/medmnist"
-    monkeypatch.setenv("SGC_DATA", "/data/medmnist")
-    assert batch.load_params("breastmnist")["data_root"] == "/data/medmnist"
+def test_parameter_files_leave_the_data_root_to_the_one_rule(monkeypatch):
+    # data_root null: the notebook's load_dataset(root=None) follows sgc.data.roots ($SGC_DATA/<folder>, ...)
+    monkeypatch.setenv("SGC_DATA", "/data")
+    for path in sorted((NOTEBOOKS / "params").glob("*.yaml")):
+        assert batch.load_params(path.stem)["data_root"] is None, path.name
+
+
+def test_overrides_merge_into_the_parameter_file_and_the_notebook_defaults():
+    nb = batch.select_notebooks(["02"])[0]
+    defaults = batch.notebook_defaults(nb)
+    file_params = batch.load_params("breastmnist")
+    over = {"train": {"steps": 20}, "model": {"hidden": 64}, "samples_per_class": 2}
+    got = batch.merge_parameters(defaults, file_params, over)
+    assert got["train"] == {**file_params["train"], "steps": 20}          # lr, weighting, hflip, ... kept
+    assert got["model"] == {**file_params["model"], "hidden": 64}
+    assert got["samples_per_class"] == 2 and got["sde"] == file_params["sde"]
+    # no parameter file: the override merges into the notebook's own default
+    assert batch.merge_parameters(defaults, {}, {"train": {"steps": 20}})["train"] == {**defaults["train"], "steps": 20}
+    # another architecture replaces the model section (the mlp's keywords mean nothing to a unet)
+    unet = batch.merge_parameters(defaults, file_params, {"model": {"arch": "unet", "channels": 16}})["model"]
+    assert unet == {"arch": "unet", "channels": 16}
+
+
+def test_unknown_nested_parameters_get_suggestions_from_the_right_place():
+    nbs = batch.list_notebooks()
+    with pytest.raises(ValueError, match=r"unknown notebook parameter 'train_steps' \(did you mean 'train.steps'\?\)"):
+        batch.check_parameters({"train_steps": 2000}, nbs)
+    with pytest.raises(ValueError, match=r"'train.stpes' \(did you mean 'train.steps'\?\)"):
+        batch.check_parameters({"train": {"stpes": 2000}}, nbs)
+    with pytest.raises(ValueError, match="train.steps must be an integer"):
+        batch.check_parameters({"train": {"steps": "many"}}, nbs)
+    batch.check_parameters({"train": {"steps": 20}, "model": {"anything": 1}}, nbs)  # model: the network checks it
+    with pytest.raises(ValueError, match="'limit' is a parameter of 03_likelihood_classification, which is not"):
+        batch.check_parameters({"limit": 3}, batch.select_notebooks(["05"]), all_notebooks=nbs)
+
+
+def test_cli_overrides_are_dot_lists_that_merge(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(batch, "run_batch", lambda *a, **k: seen.update(k) or [])
+    assert main(["batch", "--dataset", "breastmnist", "--runs-dir", str(tmp_path), "-p", "train.steps=2000",
+                 "limit=5", "--set", "train={lr: 1e-4}"]) == 0
+    assert seen["params"] == {"train": {"steps": 2000, "lr": 1e-4}, "limit": 5}
+    assert seen["out"] == str(tmp_path)
+
+
+def test_portable_text_writes_machine_folders_relative(tmp_path, monkeypatch):
+    import sys
+    monkeypatch.chdir(tmp_path)
+    text = json.dumps({"run": f"{tmp_path}/reports/runs/digits", "cwd": str(tmp_path),
+                       "warning": f"{sys.prefix}/lib/x.py:21: UserWarning", "other": f"{tmp_path}-b/c",
+                       "printed": f"run folder: {tmp_path}/runs\n"})
+    out = json.loads(batch._portable_text(text, tmp_path / "nbs"))
+    assert out == {"run": "reports/runs/digits", "cwd": ".", "warning": "<python>/lib/x.py:21: UserWarning",
+                   "other": f"{tmp_path}-b/c", "printed": "run folder: runs\n"}
 
 
 def test_expand_env(monkeypatch):
@@ -88,7 +137,7 @@ def _notebook(path, params_src, body):
 
 
 @pytest.mark.slow
-def test_failure_names_notebook_and_cell_keeps_it_and_resume_continues(tmp_path):
+def test_failure_names_notebook_and_cell_keeps_it_and_resume_continues(tmp_path, capfd):
     nbdir = tmp_path / "nbs"
     nbdir.mkdir()
     _notebook(nbdir / "01_first.ipynb", "run_dir = None\nvalue = 1",
@@ -107,9 +156,13 @@ def test_failure_names_notebook_and_cell_keeps_it_and_resume_continues(tmp_path)
     assert not list(run.glob("*.running.ipynb"))
     (run / "first.txt").unlink()
     logs = []
+    capfd.readouterr()
     done = batch.run_batch("toy", params={"fail": False}, out=out, notebooks_dir=nbdir, params_dir=tmp_path,
-                           resume=True, log=logs.append)
+                           resume=True, log=logs.append, progress=True)
     assert [p.name for p in done] == ["02_second.ipynb"]
+    err = capfd.readouterr().err
+    assert "02_second: 100%" in err and "4/4 [" in err and "cell/s" in err, err      # a bar counting cells (+ injected)
+
     assert not (run / "first.txt").exists(), "notebook 01 was done and must not rerun"
     assert (run / "second.txt").read_text() == "ok" and not (run / "02_second.failed.ipynb").exists()
     state = json.loads((run / "batch.json").read_text())

@@ -82,3 +82,41 @@ def test_a_source_error_keeps_its_text_and_gains_the_rule(clean_env, monkeypatch
     text = str(err.value)
     assert text.startswith("no Info.txt (or filenames.txt) under") and "from $SGC_DATA" in text
     assert text.count("the data root of mini_mias") == 1
+
+
+def test_recorded_roots_hold_no_machine_path(clean_env, monkeypatch):
+    from sgc.data.roots import RELATIVE_TO_RUN, describe_root, record_root, recorded_root
+    run, data = clean_env / "work" / "runs" / "b", clean_env / "work" / "data" / "medmnist"
+    assert record_root(data, run) == "../../data/medmnist" and record_root(None, run) is None
+    assert recorded_root("../../data/medmnist", run, RELATIVE_TO_RUN).resolve() == data.resolve()
+    assert recorded_root("/old/absolute", run) == Path("/old/absolute")       # run folders of sgc 0.1
+    monkeypatch.setenv("SGC_DATA", str(clean_env / "work" / "data"))
+    assert describe_root(data) == "$SGC_DATA/medmnist"
+    assert describe_root(clean_env / "home" / "x") == "~/x"
+    (clean_env / "home").mkdir()
+    monkeypatch.chdir(clean_env / "home")
+    assert describe_root(clean_env / "elsewhere") == "../elsewhere" and describe_root(None) is None
+
+
+def test_a_run_folder_moved_with_its_data_still_finds_them(clean_env):
+    """config.json records an explicit --data-root relative to the run folder, not as this machine's path."""
+    import json
+    import shutil
+    import torch
+    from sgc.pipeline import evaluate_run, train_on_dataset
+    old = clean_env / "old"
+    data = old / "data" / "medmnist"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    np.savez(data / "breastmnist.npz", **{f"{s}_images": rng.integers(0, 256, (12, 28, 28), dtype=np.uint8)
+                                          for s in ("train", "val", "test")},
+             **{f"{s}_labels": np.arange(12, dtype=np.uint8)[:, None] % 2 for s in ("train", "val", "test")})
+    torch.set_num_threads(1)
+    train_on_dataset("breastmnist", old / "runs" / "b", data_root=data, model={"arch": "mlp", "hidden": 8, "blocks": 1},
+                     train={"steps": 2, "batch_size": 4}, progress=False)
+    config = json.loads((old / "runs" / "b" / "config.json").read_text())
+    assert config["data"]["root"] == "../../data/medmnist" and str(clean_env) not in json.dumps(config)
+    shutil.move(old, clean_env / "new")                                     # checkout and data move together
+    m = evaluate_run(clean_env / "new" / "runs" / "b", estimator="elbo", estimator_options={"n_draws": 2},
+                     progress=False)
+    assert m["n"] == 12 and m["produced_by"]["data_root"] == "../../data/medmnist"

@@ -4,6 +4,7 @@ The wheel is built from a copy of the tracked sources (the build writes into its
 with the current environment's setuptools, and installed with --no-deps into a new venv that
 sees this environment's site-packages through a .pth line, so no package is downloaded.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -79,14 +80,20 @@ def test_installed_sgc_finds_its_packaged_notebooks(venv, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="sgc.batch.NOTEBOOKS_DIR still points at <package>/../notebooks; "
-                                       "passes once batch.py uses sgc.resources.notebooks_dir()")
 def test_installed_sgc_batch_runs_from_another_folder(venv, tmp_path):
+    """The must-show: pip install . into a new venv, then sgc batch from a folder that is not the clone."""
     env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "MPLBACKEND": "Agg"}
-    env.pop("SGC_RUN_DIR", None)
-    _run([venv / "bin" / "sgc", "batch", "--dataset", "digits", "--notebooks", "01", "--out", "runs"],
-         cwd=tmp_path, env=env, timeout=600)
-    assert (tmp_path / "runs" / "digits" / "01_data_exploration.ipynb").exists()
+    for name in ("SGC_RUN_DIR", "SGC_DATA"):
+        env.pop(name, None)
+    done = _run([venv / "bin" / "sgc", "batch", "--dataset", "digits", "--notebooks", "01"], cwd=tmp_path, env=env,
+                timeout=600)
+    executed = tmp_path / "runs" / "digits" / "01_data_exploration.ipynb"
+    assert executed.exists() and "01_data_exploration: done" in done.stdout
+    text = executed.read_text()
+    assert str(tmp_path) not in text and str(venv) not in text and str(REPO) not in text   # paths travel
+    assert "IProgress not found" not in text                                               # no warning cell
+    state = json.loads((tmp_path / "runs" / "digits" / "batch.json").read_text())
+    assert state["notebooks"]["01_data_exploration"]["parameters"]["run_dir"] == "runs/digits"
 
 
 def test_in_a_clone_the_repository_notebooks_are_used():

@@ -19,7 +19,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["FOLDERS", "DEFAULTS", "ENV", "resolve_root", "root_origin", "describe", "not_found", "with_rule"]
+__all__ = ["FOLDERS", "DEFAULTS", "ENV", "resolve_root", "root_origin", "describe", "not_found", "with_rule",
+           "RELATIVE_TO_RUN", "record_root", "recorded_root", "describe_root"]
 
 ENV = "SGC_DATA"
 
@@ -97,3 +98,46 @@ def with_rule(dataset: str, root, err: Exception) -> str:
     rule = describe(dataset)
     return (f"{err} (data folder {resolve_root(dataset, root)}, from {root_origin(dataset, root)}; "
             f"{rule})")
+
+
+# --------------------------------------------------------------------------- recording a root
+# Files that travel (config.json, metrics, experiment tables) never hold this machine's folders.
+RELATIVE_TO_RUN = "run folder"   # the value of data.root_base in config.json: data.root is relative to it
+
+
+def record_root(root, run_dir) -> str | None:
+    """How a run folder records an explicit data root: relative to the run folder (so a checkout
+    moved together with its data keeps working), None when ``root`` is None (the rule finds it)."""
+    if root is None or str(root) == "":
+        return None
+    target = Path(root).expanduser().absolute()
+    try:
+        return Path(os.path.relpath(target, Path(run_dir).expanduser().absolute())).as_posix()
+    except ValueError:  # another drive (Windows): no relative path exists
+        return str(target)
+
+
+def recorded_root(value, run_dir, base: str | None = None) -> Path | None:
+    """The folder a run folder's recorded ``value`` names: relative to the run folder when
+    ``base`` is :data:`RELATIVE_TO_RUN`, else (run folders of sgc before 0.2) as written."""
+    if value is None or str(value) == "":
+        return None
+    path = Path(value).expanduser()
+    return Path(run_dir) / path if base == RELATIVE_TO_RUN and not path.is_absolute() else path
+
+
+def describe_root(root) -> str | None:
+    """``root`` for a table or a log, without this machine's folders: ``$SGC_DATA/...`` when it lies
+    under $SGC_DATA, ``~/...`` under the home folder, else relative to the working folder."""
+    if root is None or str(root) == "":
+        return None
+    target = Path(root).expanduser().absolute()
+    bases = [(Path(os.environ[ENV]).expanduser().absolute(), f"${ENV}")] if os.environ.get(ENV) else []
+    bases.append((Path.home().absolute(), "~"))
+    for base, name in bases:
+        if target == base or base in target.parents:
+            return name if target == base else f"{name}/{target.relative_to(base).as_posix()}"
+    try:
+        return Path(os.path.relpath(target)).as_posix()
+    except ValueError:
+        return str(target)
