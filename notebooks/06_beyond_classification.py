@@ -45,8 +45,8 @@ score_options = {"n_draws": 16}   # its options, e.g. {"n_draws": 64} or {"rtol"
 batch_size = 64               # images per chunk (one seed each, as sgc classify)
 false_alarm = 0.05            # fraction of in-distribution images the OOD flag may raise
 calibration_split = "val"     # OOD calibration split; without it: the first half of the test split
-mini_mias_root = None         # folder with mini-MIAS .pgm films for an OOD set (None: skipped)
-cbis_ddsm_root = None         # folder with CBIS-DDSM .dcm files for OOD sets (None: skipped)
+mini_mias_root = None         # folder with mini-MIAS .pgm films for an OOD set (None: the data-root rule; skipped if absent)
+cbis_ddsm_root = None         # folder with CBIS-DDSM .dcm files for OOD sets (None: the data-root rule; skipped if absent)
 ood_images = 32               # images per synthetic OOD set (constant, noise, blurred noise)
 file_images = 6               # test images written to files and predicted with sgc predict
 explain_images = 8            # images whose evidence maps are drawn
@@ -56,6 +56,7 @@ deletion_steps = 8            # points of those curves
 t_stars = [0.2, 0.4, 0.6]     # noise levels of the counterfactuals
 counterfactual_images = 24    # test images turned into counterfactuals
 counterfactual_steps = 200    # reverse-SDE steps over the whole [eps, T]
+check_results = True          # assert what a trained model must show (noise flagged, maps beat random); False for smoke runs
 
 # %%
 # %matplotlib inline
@@ -74,6 +75,7 @@ from sgc.classify import ScoreClassifier, posterior
 from sgc.counterfactual import counterfactual_figure, counterfactual_study
 from sgc.data import DATASETS, load_dataset
 from sgc.data.recipes import recipe_from_config
+from sgc.data.roots import resolve_root
 from sgc.explain import deletion_insertion, evidence_map, randomized_model, rank_similarity
 from sgc.export import export_run
 from sgc.ood_study import ood_sets, score_sets
@@ -154,6 +156,14 @@ print(f"calibrated on {calibration_split}" + (f"[:{limit}]" if limit else "") +
 print({k: round(v["threshold"], 3) for k, v in cal["scores"].items()})
 
 # %%
+def found(name, given, pattern):
+    """The folder of another source for an OOD set: as given, else by the data-root rule; None when it holds no files."""
+    folder = Path(given) if given else resolve_root(name)
+    return folder if folder is not None and folder.is_dir() and next(folder.rglob(pattern), None) else None
+
+
+mini_mias_root, cbis_ddsm_root = found("mini_mias", mini_mias_root, "*.pgm"), found("cbis_ddsm", cbis_ddsm_root, "*.dcm")
+print(f"mini-MIAS films: {mini_mias_root or 'not found, set skipped'}; CBIS-DDSM DICOMs: {cbis_ddsm_root or 'not found, set skipped'}")
 sets = ood_sets(recipe, in_dist, mini_mias_root=mini_mias_root, cbis_ddsm_root=cbis_ddsm_root, n=ood_images,
                 hflip_trained=bool(config["train"].get("hflip")))
 scored = score_sets(net, sde_obj, {"test (in distribution)": in_dist, **sets}, cal, levels=levels,
@@ -167,8 +177,9 @@ for name, s in scored.items():
         row[f"flagged {score}"] = m["detection_rate"]
     rows.append(row)
 ood_table = pd.DataFrame(rows).set_index("set")
-assert ood_table.loc["uniform noise", "AUROC bpd"] > 0.9, "noise should be far less likely than the test images"
-assert ood_table.loc["test (in distribution)", "flagged bpd"] < 4 * false_alarm + 0.05
+if check_results:
+    assert ood_table.loc["uniform noise", "AUROC bpd"] > 0.9, "noise should be far less likely than the test images"
+    assert ood_table.loc["test (in distribution)", "flagged bpd"] < 4 * false_alarm + 0.05
 ood_table.round(3)
 
 # %% [markdown]
@@ -214,7 +225,7 @@ similar_same = rank_similarity(ev.maps, ev_again.maps).mean()
 similar_random = rank_similarity(ev.maps, ev_random.maps).mean()
 print(f"rank correlation of |maps|: trained vs trained (other draws) {similar_same:.2f}, "
       f"trained vs randomised weights {similar_random:.2f}")
-assert similar_same > similar_random, "the maps must depend on the trained weights (Adebayo et al. 2018)"
+assert not check_results or similar_same > similar_random, "the maps must depend on the trained weights (Adebayo et al. 2018)"
 fig, axes = plt.subplots(3, explain_images, figsize=(1.4 * explain_images, 4.4), squeeze=False)
 for i in range(explain_images):
     lim = np.abs(ev.maps[i]).max()
@@ -268,7 +279,7 @@ axes[0].legend(frameon=False)
 plots.save_figure(fig, figures_dir / "06_deletion_insertion")
 plt.show()
 print({f"{k[0]}, {k[1]} AUC": round(v, 3) for k, v in areas.items()})
-assert areas[("evidence map", "deletion")] < areas[("random order", "deletion")]
+assert not check_results or areas[("evidence map", "deletion")] < areas[("random order", "deletion")]
 
 # %% [markdown]
 # ## Counterfactuals

@@ -39,6 +39,9 @@ _session_run_dirs = []
 def pytest_configure(config):
     import tempfile
     base = os.environ.get("SGC_RUN_DIR")
+    if base:
+        # `make test` names runs/notebooks, which a fresh clone does not have yet
+        os.makedirs(base, exist_ok=True)
     folder = tempfile.mkdtemp(prefix="sgc-test-session-", dir=base or None)
     os.environ["SGC_RUN_DIR"] = folder
     _session_run_dirs.append((folder, base))

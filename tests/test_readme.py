@@ -46,6 +46,13 @@ NOTEBOOK_PARAMETERS = {   # every notebook parameter that sizes work, at its sma
     "step_grid": "[2]", "fractions": "[1.0]", "fraction_steps": "2", "ablation_draws": "2",
     "experiment_fractions": "[100]", "experiment_seeds": "[0]", "experiment_steps": "2",
     "experiment_draws": "2", "experiment_boot": "10", "toy_points": "300", "toy_steps": "300",
+    # the result floors and bands hold for the parameter files' own settings, not for these tiny ones
+    "min_ema_accuracy": "null", "ema_bpd_band": "null", "min_auc": "null", "bpd_band": "null",
+    "min_bound_accuracy": "null", "min_toy_agreement": "0",
+    # notebook 06
+    "score_options": "{n_draws: 2}", "ood_images": "4", "file_images": "2", "explain_images": "2",
+    "evidence_draws": "2", "deletion_images": "2", "deletion_steps": "2", "t_stars": "[0.5]",
+    "counterfactual_images": "2", "counterfactual_steps": "10", "check_results": "false",
 }
 
 
