@@ -30,13 +30,20 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _table import Column, print_table  # noqa: E402
 from sgc.data.cache import build_cache, open_cache  # noqa: E402
 from sgc.data.dicom import read_dicom  # noqa: E402
 from sgc.data.preprocess import PreprocessSettings, preprocess  # noqa: E402
 
 
+def _test_data() -> Path:
+    """The real data folder of the tests: $SGC_TEST_DATA, else $SGC_DATA, else the team's ../shared/data."""
+    given = os.environ.get("SGC_TEST_DATA") or os.environ.get("SGC_DATA")
+    return Path(given) if given else REPO.parent / "shared" / "data"
+
+
 def source_dicoms(tmp: Path) -> tuple[list[Path], str]:
-    shared = Path(os.environ.get("SGC_TEST_DATA", REPO.parent / "shared" / "data")) / "cbis-ddsm" / "dicom"
+    shared = _test_data() / "cbis-ddsm" / "dicom"
     files = sorted(shared.rglob("*.dcm")) if shared.exists() else []
     if files:
         return files, "real CBIS-DDSM (RLE, 16-bit)"
@@ -135,31 +142,31 @@ def main(argv=None):
         parallel = time_cache(files, args.images, args.workers, tmp / "parallel")
         io = time_read_vs_step(Path(serial["path"]), 512, args.batch, args.repeats, args.channels)
     per_image = stages["decode_s"] + stages["preprocess_s"]
-    report = {"source": kind, "files": [str(f) for f in files], "cpu": platform.processor() or platform.machine(),
+    # file names relative to the data folder (or the temporary one): no path of this machine in the JSON
+    names = [f.relative_to(_test_data()).as_posix() if f.is_relative_to(_test_data()) else f.name for f in files]
+    report = {"source": kind, "files": names, "cpu": platform.processor() or platform.machine(),
               "cores": os.cpu_count(), "stages": stages, "images_per_s_per_core_stages": 1 / per_image,
               "cache_serial": serial, "cache_parallel": parallel, "read_vs_step": io,
               "read_faster_than_step": io["read_batch_s"] < io["train_step_s"]}
     for run in (serial, parallel):
         run.pop("path")
-    par_label = f"build_cache, {parallel['workers']} workers, images/s"
-    read_label = f"memmap read of a random batch of {io['batch']}, s"
-    lines = [
-        f"source: {kind}, {len(files)} file(s); {os.cpu_count()} cores",
-        f"{'measure':<48}{'value':>14}",
-        f"{'decode (read_dicom), s/image':<48}{stages['decode_s']:>14.3f}",
-        f"{'preprocess to 256x256, s/image':<48}{stages['preprocess_s']:>14.3f}",
-        f"{'preprocess to 256x256 + CLAHE, s/image':<48}{stages['preprocess_clahe_s']:>14.3f}",
-        f"{'decode + preprocess, images/s per core':<48}{1 / per_image:>14.2f}",
-        f"{'build_cache, 1 worker, images/s':<48}{serial['images_per_s']:>14.2f}",
-        f"{par_label:<48}{parallel['images_per_s']:>14.2f}",
-        f"{'  ... per core':<48}{parallel['images_per_s_per_core']:>14.2f}",
-        f"{read_label:<48}{io['read_batch_s']:>14.5f}",
-        f"{'training step (fwd+bwd), s':<48}{io['train_step_s']:>14.3f}",
-        f"{'  consumer':<20}{io['consumer']:>42}",
-        f"read faster than step: {report['read_faster_than_step']} "
-        f"({io['train_step_s'] / max(io['read_batch_s'], 1e-9):.0f}x)",
+    measures = [
+        ("decode (read_dicom), s/image", stages["decode_s"], ".3f"),
+        ("preprocess to 256x256, s/image", stages["preprocess_s"], ".3f"),
+        ("preprocess to 256x256 + CLAHE, s/image", stages["preprocess_clahe_s"], ".3f"),
+        ("decode + preprocess, images/s per core", 1 / per_image, ".2f"),
+        ("build_cache, 1 worker, images/s", serial["images_per_s"], ".2f"),
+        (f"build_cache, {parallel['workers']} workers, images/s", parallel["images_per_s"], ".2f"),
+        ("  ... per core", parallel["images_per_s_per_core"], ".2f"),
+        (f"memmap read of a random batch of {io['batch']}, s", io["read_batch_s"], ".5f"),
+        ("training step (fwd+bwd), s", io["train_step_s"], ".3f"),
+        ("  consumer", io["consumer"], ""),
     ]
-    print("\n".join(lines))
+    print_table([{"measure": m, "value": format(v, f)} for m, v, f in measures],
+                [Column("measure", "measure"), Column("value", "value", align="right")],
+                title=f"source: {kind}, {len(files)} file(s); {os.cpu_count()} cores")
+    print(f"read faster than step: {report['read_faster_than_step']} "
+          f"({io['train_step_s'] / max(io['read_batch_s'], 1e-9):.0f}x)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")

@@ -24,7 +24,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))   # _command.py beside this script
 
+from _command import public_command, where  # noqa: E402
 from sgc.elbo import elbo_class_scores  # noqa: E402
 
 SCHEMES = [("stratified", "iid"), ("iid", "iid"), ("sobol", "iid"), ("stratified", "antithetic"),
@@ -44,11 +46,13 @@ def _model(args):
         x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
         return model, make_sde("vp"), x, "smoke (random-weight MLP, random 8x8 images)"
     from sgc.data import load_dataset
+    from sgc.data.roots import recorded_root
     from sgc.runs import load_run
     model, sde, config = load_run(args.run_dir)
     data = config["data"]
-    ds = load_dataset(data["dataset"], root=args.data_root or data["root"], **data["options"])[args.split]
-    return model, sde, torch.as_tensor(ds.images[:args.images]), f"{args.run_dir} ({args.split}, {args.images} images)"
+    root = args.data_root or recorded_root(data.get("root"), args.run_dir, data.get("root_base"))
+    ds = load_dataset(data["dataset"], root=root, **data["options"])[args.split]
+    return model, sde, torch.as_tensor(ds.images[:args.images]), f"{where(args.run_dir)} ({args.split}, {args.images} images)"
 
 
 def measure(model, sde, x, draws, repeats, schemes=SCHEMES, batch=78):
@@ -78,7 +82,8 @@ def main(argv=None):
     ap.add_argument("--draws", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--smoke", action="store_true", help="untrained tiny model on random images")
-    ap.add_argument("--out", default=None, help="JSON path (a .md beside it); default reports/benchmarks/elbo_variance.json")
+    ap.add_argument("--out", default=None, help="JSON path (a .md beside it); default reports/benchmarks/elbo_variance.json "
+                                                 "(--smoke: runs/benchmarks/elbo_variance_smoke.json, ignored by git)")
     args = ap.parse_args(argv)
     if not args.smoke and not args.run_dir:
         ap.error("--run-dir is required (or --smoke)")
@@ -87,11 +92,12 @@ def main(argv=None):
         args.repeats, args.draws = 3, 8
     model, sde, x, what = _model(args)
     rows = measure(model, sde, x, args.draws, args.repeats)
-    out = Path(args.out or REPO / "reports" / "benchmarks" / "elbo_variance.json")
+    out = Path(args.out or REPO / ("runs/benchmarks/elbo_variance_smoke.json" if args.smoke
+                                   else "reports/benchmarks/elbo_variance.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"what": what, "draws": args.draws, "repeats": args.repeats, "images": int(len(x)),
               "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "torch_threads": args.threads,
-              "command": "python benchmarks/elbo_variance.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": public_command(argv if argv is not None else sys.argv[1:], "benchmarks/elbo_variance.py"),
               "rows": rows}
     out.write_text(json.dumps(result, indent=2))
     lines = [f"# Variance of the bound's class difference: {what}", "",

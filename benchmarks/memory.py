@@ -38,6 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _table import Column, format_table  # noqa: E402
 from sgc.likelihood import class_log_likelihoods  # noqa: E402
 from sgc.nets import ScoreUNet, count_parameters  # noqa: E402
 from sgc.sde import VPSDE  # noqa: E402
@@ -144,18 +145,16 @@ def measure(mode, size, device, *, channels, mults, nfe, budget, max_batch, repe
 
 
 def table(rows, device_name, budget_gib) -> str:
-    lines = [f"Peak memory and throughput on {device_name} (budget {budget_gib:.0f} GiB; "
-             f"likelihood: both classes, fixed-step Euler)", "",
-             "| side | mode | batch | peak GiB | images/s | note |", "| --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
+    def note(r):
         if not r.get("batch"):
-            lines.append(f"| {r['size']} | {r['mode']} | - | - | - | {r.get('note', '')} |")
-            continue
-        note = (f"{r['images_per_s_at_800_nfe']:.3g} img/s at 800 NFE (dopri5 1e-5)" if r["mode"] == "likelihood"
-                else "")
-        lines.append(f"| {r['size']} | {r['mode']} | {r['batch']} | {r['peak_gib']:.2f} | "
-                     f"{r['images_per_s']:.3g} | {note} |")
-    return "\n".join(lines)
+            return r.get("note", "")
+        return f"{r['images_per_s_at_800_nfe']:.3g} img/s at 800 NFE (dopri5 1e-5)" if r["mode"] == "likelihood" else ""
+    shown = [r if r.get("batch") else {"size": r["size"], "mode": r["mode"], "note": r.get("note", "")} for r in rows]
+    return format_table(shown, [Column("size", "side"), Column("mode", "mode"), Column("batch", "batch"),
+                                Column("peak_gib", "peak GiB", ".2f"), Column("images_per_s", "images/s", ".3g"),
+                                Column("", "note", note)], markdown=True,
+                        title=f"Peak memory and throughput on {device_name} (budget {budget_gib:.0f} GiB; "
+                              f"likelihood: both classes, fixed-step Euler)")
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,7 @@ probabilities, seed by seed) and the verdict on issue 16's GPU target.
 
 The Markdown is a function of the JSON alone (:func:`render_markdown`), so a report can be
 rendered again without the run folders: ``python benchmarks/recipe_report.py <out>.json``.
-The recorded command never names this machine's folders (:func:`public_command`): the data
+The recorded command never names this machine's folders (``_command.public_command``): the data
 folder becomes a placeholder, other paths are written relative to the repository.
 
 Intervals over seeds are 95 % Student-t (``sgc.metrics.mean_ci_over_seeds``) and shown only
@@ -14,54 +14,23 @@ paired bootstrap over test images pooled over seeds).
 from __future__ import annotations
 
 import json
-import os
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # _command.py beside this script
+from _command import where as _where  # noqa: E402
+
 METRICS = ("test_auc_weighted", "test_accuracy_weighted", "test_auc_bound", "test_accuracy_bound",
            "val_cv_auc_weighted", "val_auc_bound")
 
 
-REPO = Path(__file__).resolve().parents[1]
 # how the Markdown explains the data folder's placeholder in the recorded command
 PLACEHOLDER_NOTE = ("--data-root <folder with ...npz>", ": the folder holding the dataset's file; or leave "
                     "--data-root out and set SGC_DATA to the folder with one folder per source (medmnist/ ...), "
                     "sgc's data-root rule")
-
-
-def _where(path) -> str:
-    """A path as written into reports: relative to the repository when inside it, else its last part."""
-    path = Path(os.path.abspath(path))   # symbolic links kept as they are named
-    return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else path.name
-
-
-def public_command(argv: list[str], script: str = "benchmarks/recipe_sweep.py", dataset: str = "breastmnist") -> str:
-    """The command line as written into reports: ``--data-root``'s value becomes
-    ``<folder with <dataset>.npz>`` (the data root is a machine's folder; without the option
-    ``sgc`` finds the data by its data-root rule: ``$SGC_DATA/<source>`` or the default), and
-    every other absolute path is written by :func:`_where` (relative to the repository, else its
-    last part)."""
-    out, argv = [], list(argv)
-    placeholder = f"<folder with {dataset}.npz>"
-    skip = False
-    for i, token in enumerate(argv):
-        if skip:
-            skip = False
-            out.append(placeholder)
-        elif token == "--data-root":
-            out.append(token)
-            skip = i + 1 < len(argv)
-        elif token.startswith("--data-root="):
-            out.append(f"--data-root={placeholder}")
-        elif os.path.isabs(token):
-            out.append(_where(token))
-        else:
-            out.append(token)
-    return f"python {script} " + shlex.join(out)
 
 
 def _joined(per_seed, key, fmt=".3f") -> str:

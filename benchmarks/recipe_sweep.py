@@ -300,10 +300,11 @@ def main(argv=None):
         stages = plan(args, winner)
         _launch(args, stages[1], deadline)
         _launch(args, stages[2], deadline)
-    from recipe_report import public_command, write_report
+    from _command import public_command
+    from recipe_report import write_report
     tasks = [t for stage in stages for t in stage]
     return write_report(args, _results(args, tasks), winner, tasks, start,
-                        command=public_command(argv, dataset=args.dataset),   # no machine folders
+                        command=public_command(argv, "benchmarks/recipe_sweep.py", args.dataset),  # no machine folders
                         target=TARGET, published=PUBLISHED_RESNET18)
 
 

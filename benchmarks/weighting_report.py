@@ -10,9 +10,13 @@ the AUC of each weighting on the first M draws (Sobol t: a stratified sample of 
 weighting re-chosen on validation at each M, and adaptive elimination (AUC vs evaluations);
 per-bin evidence (the AUC of each noise level alone) with the fitted logistic weights.
 
-    python benchmarks/weighting_report.py --run-dir 'RUNS/breastmnist-unet16-s{seed}' --seeds 0 1 2 \\
-        --data-root ../shared/data/medmnist --elbo n_draws=256 t_sampling=sobol noise_sampling=antithetic \\
-        batch_size=78 --tag breastmnist_weighting
+    python benchmarks/weighting_report.py --run-dir 'runs/models/breastmnist-unet16-s{seed}' --seeds 0 1 2 \\
+        --elbo n_draws=256 t_sampling=sobol noise_sampling=antithetic batch_size=78 --tag breastmnist_weighting
+
+The data are found as ``sgc classify`` finds them: ``--data-root``, else the folder the run
+recorded, else sgc's data-root rule (``$SGC_DATA/medmnist``). ``--elbo`` and ``--weighted`` take
+``KEY=VALUE`` items with YAML values (``sgc.config``): the bound's options and those of
+``sgc.weighting.select_weighting``.
 """
 from __future__ import annotations
 
@@ -27,13 +31,15 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))   # _command.py beside this script
 
-from sgc.cli import _kv  # noqa: E402
+from _command import public_command  # noqa: E402
+from sgc.config import apply_overrides  # noqa: E402
 from sgc.comparisons import auc_difference_over_seeds  # noqa: E402
 from sgc.evidence import bin_edges_t, bin_means, eliminate_offline, weighted_scores  # noqa: E402
 from sgc.metrics import (apply_prior, delong_test, empirical_prior, fit_temperature, mean_ci_over_seeds,  # noqa: E402
                          metrics_with_ci)
-from sgc.weighting import apply_weighting, rank_auc, select_weighting  # noqa: E402
+from sgc.weighting import SELECT_OPTIONS, apply_weighting, rank_auc, select_weighting  # noqa: E402
 
 DRAWS = (8, 16, 32, 64, 128, 256)
 
@@ -47,11 +53,13 @@ def _posterior(name, s_val, s, y_val, prior):
 
 def one_seed(run_dir, seed, args, elbo, wopts):
     from sgc.data import load_dataset
+    from sgc.data.roots import recorded_root
     from sgc.score_runs import cached_evidence
     from sgc.runs import load_run
     model, sde, config = load_run(run_dir)
     data = config["data"]
-    splits = load_dataset(data["dataset"], root=args.data_root or data["root"], **data["options"])
+    root = args.data_root or recorded_root(data.get("root"), run_dir, data.get("root_base"))
+    splits = load_dataset(data["dataset"], root=root, **data["options"])
     val, test = splits["val"], splits["test"]
     prior = empirical_prior(splits["train"].labels, len(val.class_names))
     kw = dict(seed=seed, levels=data["levels"], dequantize=config["train"].get("dequantize", True), progress=True)
@@ -141,8 +149,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    elbo = _kv(args.elbo)
-    wopts = {"n_bins": 16, "folds": 5, "repeats": 10, **_kv(args.weighted)}
+    elbo = apply_overrides({}, args.elbo)
+    wopts = apply_overrides({"n_bins": 16, "folds": 5, "repeats": 10}, args.weighted, SELECT_OPTIONS,
+                            what="--weighted option")
     rows, curve, bins, probs, ys, recs = [], [], [], [], None, []
     for seed in args.seeds:
         r, c, b, p, y, rec = one_seed(args.run_dir.format(seed=seed), seed, args, elbo, wopts)
@@ -165,7 +174,7 @@ def main(argv=None):
     dl = [delong_test(y1.astype(int), c, b, positive=1)["p_value"] for c, b in zip(chosen, bound)]
     edges = bin_edges_t(__import__("sgc.sde", fromlist=["make_sde"]).make_sde("vp"), wopts["n_bins"])
     figs = _figure(curve, bins, edges, Path(args.figures_dir) / f"{args.tag}_auc_vs_draws")
-    cmd = "python benchmarks/weighting_report.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = public_command(argv if argv is not None else sys.argv[1:], "benchmarks/weighting_report.py")
     lines = [f"# {args.tag}: weightings of the per-noise-level evidence, chosen on validation", "",
              f"Command: `{cmd}`", "",
              f"Seeds {args.seeds}; evidence options {elbo}; choice: {wopts} (cross-validated AUC on the validation "

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -24,41 +26,32 @@
 
 # %% tags=["parameters"]
 dataset = "digits"            # a name known to sgc.data.load_dataset
-data_root = None              # folder with the dataset's files (None: digits are embedded)
+data_root = None              # the dataset's folder; None: $SGC_DATA/<folder>, else a default (digits: embedded)
 data_options = {}             # loader keywords, e.g. {"size": 32}
 run_dir = None                # shared run folder (None: <tmp>/sgc-notebooks/<dataset>)
 figures_dir = None            # where figures are saved (None: <run_dir>/figures)
 examples_per_class = 8        # images shown per class
-preprocess_example = "auto"   # DICOM/PGM mammogram to show the preprocessing on; "auto": shared test data; None: skip
+preprocess_example = "auto"   # DICOM/PGM image to show the preprocessing on; "auto": found by the data-root rule, else pydicom's test CT; None: skip
 preprocess_size = 256         # output side of the preprocessing demonstration, pixels
 
 # %%
 # %matplotlib inline
 from pathlib import Path
-import os
 
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 
 from sgc import plots
-from sgc.batch import default_run_dir, environment_summary
-from sgc.data import DATASETS, load_dataset
+from sgc.data import load_dataset
+from sgc.notebook import example_image, setup
 
-assert dataset in DATASETS, f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}"
-assert isinstance(data_options, dict), "data_options must be a dict of loader keywords"
+# checks dataset and loader options, makes the run folder, prints it, the data source and the environment
+nb = setup(dataset, run_dir=run_dir, figures_dir=figures_dir, data_root=data_root, data_options=data_options)
+run_dir, figures_dir = nb.run_dir, nb.figures_dir
 assert isinstance(examples_per_class, int) and 1 <= examples_per_class <= 32
 assert preprocess_example is None or isinstance(preprocess_example, str)
 assert isinstance(preprocess_size, int) and preprocess_size >= 8
-run_dir = Path(run_dir) if run_dir else default_run_dir(dataset)
-figures_dir = Path(figures_dir) if figures_dir else run_dir / "figures"
-run_dir.mkdir(parents=True, exist_ok=True)
-plots.set_theme()
-print(f"run folder: {run_dir}\nfigures:    {figures_dir}")
-
-# %%
-for key, value in environment_summary().items():
-    print(f"{key:12s} {value}")
 
 # %% [markdown]
 # ## The splits
@@ -83,6 +76,10 @@ for name, s in splits.items():
     rows.append({"split": name, "images": len(s), "shape (C,H,W)": str(s.shape), "levels": s.levels,
                  **{f"class {c}": int((s.labels == i).sum()) for i, c in enumerate(class_names)}})
 summary = pd.DataFrame(rows).set_index("split")
+if dataset == "digits" and not data_options:  # the embedded digits: a fixed split with known counts
+    assert summary["images"].to_dict() == {"train": 1437, "test": 360}, summary["images"].to_dict()
+    assert summary.loc["test", [f"class {c}" for c in class_names]].tolist() == [36, 36, 35, 37, 36, 37, 36, 36, 35, 36]
+    assert (summary["levels"] == 17).all() and (summary["shape (C,H,W)"] == "(1, 8, 8)").all()
 summary
 
 # %% [markdown]
@@ -135,34 +132,20 @@ plt.show()
 # scanner recorded, MONOCHROME1 inverted so that dense tissue is bright), find the breast
 # (threshold + largest component), crop to its bounding box, put the chest wall on the left,
 # resize keeping the aspect ratio, and equalise contrast locally with CLAHE (the paper's
-# choice). Here the steps run one by one on a real image from the shared test data
-# (a CBIS-DDSM DICOM, or a mini-MIAS PGM) whatever dataset is selected above.
+# choice). Here the steps run one by one on a real image, whatever dataset is selected above: a
+# CBIS-DDSM DICOM or a mini-MIAS PGM when the data-root rule finds one (`$SGC_DATA/cbis-ddsm`, ...),
+# else the small CT slice that ships with pydicom — not a mammogram, but a real 16-bit DICOM, so the
+# decoding, windowing and cropping steps show what they do on every installation.
 
 # %%
 from sgc.data import preprocess as pp
 
-
-def find_example(choice):
-    if choice is None:
-        return None
-    if choice != "auto":
-        return Path(choice)
-    roots = [os.environ.get("SGC_TEST_DATA"), Path.cwd().parent.parent / "shared" / "data",
-             Path.cwd().parent / "shared" / "data"]
-    for root in [Path(r) for r in roots if r]:
-        for pattern in ("cbis-ddsm/dicom/**/*.dcm", "mini-mias/**/*.pgm"):
-            found = sorted(root.glob(pattern))
-            if found:
-                return found[-1]
-    return None
-
-
-example = find_example(preprocess_example)
-print("example image:", example)
+example, source = example_image(preprocess_example)
+print("example image:", source)
 
 # %%
 if example is None:
-    print("no mammogram found (set preprocess_example to a DICOM or PGM path); skipping this section")
+    print("no image to preprocess (set preprocess_example to a DICOM or PGM path); skipping this section")
 else:
     if example.suffix.lower() == ".pgm":
         from sgc.data.mini_mias import read_pgm

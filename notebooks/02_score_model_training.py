@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -24,7 +26,7 @@
 
 # %% tags=["parameters"]
 dataset = "digits"            # a name known to sgc.data.load_dataset
-data_root = None              # folder with the dataset's files (None: digits are embedded)
+data_root = None              # the dataset's folder; None: $SGC_DATA/<folder>, else a default (digits: embedded)
 data_options = {}             # loader keywords, e.g. {"size": 32}
 run_dir = None                # shared run folder (None: <tmp>/sgc-notebooks/<dataset>)
 figures_dir = None            # where figures are saved (None: <run_dir>/figures)
@@ -38,6 +40,8 @@ samples_per_class = 4         # samples drawn per class and sampler
 sampler_steps = 100           # Euler-Maruyama / Euler steps of the samplers
 ema_images = 100              # test images used to compare EMA and raw weights
 ema_draws = 16                # Monte-Carlo draws of the bound per image x class for that comparison
+min_ema_accuracy = 0.8        # floor on the EMA weights' bound accuracy (these defaults measured 0.89); None: no check
+ema_bpd_band = [3.6, 4.4]     # band for their true-class bits/dim (these defaults measured 3.97); None: no check
 
 # %%
 # %matplotlib inline
@@ -50,29 +54,21 @@ import torch
 import matplotlib.pyplot as plt
 
 from sgc import plots
-from sgc.batch import default_run_dir, ensure_run, environment_summary
+from sgc.batch import ensure_run
 from sgc.classify import score_images
-from sgc.data import DATASETS, load_dataset
+from sgc.data import load_dataset
+from sgc.notebook import setup
 from sgc.sampling import sample_per_class
 from sgc.runs import load_run
 
-assert dataset in DATASETS, f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}"
-for name, value in {"data_options": data_options, "model": model, "sde": sde, "train": train}.items():
-    assert isinstance(value, dict), f"{name} must be a dict"
-assert model.get("arch") in ("mlp", "unet"), "model['arch'] must be 'mlp' or 'unet'"
-assert int(train.get("steps", 0)) > 0, "train['steps'] must be positive"
+# checks the shared parameters (dataset, loader options, network, SDE, TrainConfig), makes the run
+# folder, picks device and threads, prints them and the environment
+nb = setup(dataset, run_dir=run_dir, figures_dir=figures_dir, device=device, cpu_threads=cpu_threads,
+           data_root=data_root, data_options=data_options, model=model, sde=sde, train=train)
+run_dir, figures_dir, device = nb.run_dir, nb.figures_dir, nb.device
 assert samples_per_class >= 1 and sampler_steps >= 2 and ema_images >= 1 and ema_draws >= 2
-run_dir = Path(run_dir) if run_dir else default_run_dir(dataset)
-figures_dir = Path(figures_dir) if figures_dir else run_dir / "figures"
-device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-if device == "cpu" and cpu_threads:
-    torch.set_num_threads(int(cpu_threads))
-plots.set_theme()
-print(f"run folder: {run_dir}\nfigures:    {figures_dir}")
-
-# %%
-for key, value in environment_summary(device).items():
-    print(f"{key:12s} {value}")
+assert min_ema_accuracy is None or 0 <= min_ema_accuracy <= 1
+assert ema_bpd_band is None or (len(ema_bpd_band) == 2 and ema_bpd_band[0] < ema_bpd_band[1])
 
 # %% [markdown]
 # ## Denoising score matching
@@ -167,6 +163,12 @@ for weights in ("ema", "raw"):
 ema_table = pd.DataFrame(rows).set_index("weights")
 ema_table.to_csv(run_dir / "ema_vs_raw.csv")
 assert ema_table["accuracy"].between(0, 1).all()
+ema = ema_table.loc["ema"]
+if min_ema_accuracy is not None:
+    assert ema["accuracy"] >= min_ema_accuracy, f"EMA bound accuracy {ema['accuracy']:.3f} < {min_ema_accuracy}"
+if ema_bpd_band is not None:
+    lo, hi = ema_bpd_band
+    assert lo <= ema["bits/dim (true class)"] <= hi, f"EMA bits/dim {ema['bits/dim (true class)']:.3f} outside {ema_bpd_band}"
 ema_table.round(4)
 
 # %% [markdown]

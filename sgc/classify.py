@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from tqdm.auto import tqdm
 
 from .likelihood import class_log_likelihoods, validate_images
+from .progress import tqdm
 
 __all__ = ["ClassScores", "score_images", "log_prior", "posterior", "save_scores_csv",
            "read_scores_csv", "ScoreClassifier", "ESTIMATORS"]
@@ -89,7 +89,7 @@ def log_prior(num_classes: int, prior="uniform", train_labels=None) -> np.ndarra
         if prior == "empirical":
             if train_labels is None:
                 raise ValueError("prior='empirical' needs the training labels")
-            from .metrics import empirical_prior
+            from .decision import empirical_prior
             return np.log(empirical_prior(train_labels, num_classes))
         raise ValueError(f"prior must be 'uniform', 'empirical' or a list of probabilities, got {prior!r}")
     p = np.asarray(prior, dtype=float)
@@ -102,9 +102,9 @@ def posterior(log_lik: np.ndarray, log_p_y: np.ndarray | None = None) -> np.ndar
     """p(y | x) = softmax_k(log p(x | k) + log p(k)), rows sum to one. (N, K) -> (N, K).
 
     ``log_p_y`` is a log prior as from ``log_prior`` (None: uniform); the softmax itself is
-    ``sgc.metrics.apply_prior``, which also takes a temperature.
+    ``sgc.decision.apply_prior``, which also takes a temperature.
     """
-    from .metrics import apply_prior
+    from .decision import apply_prior
     log_lik = np.asarray(log_lik, dtype=np.float64)
     if not np.isfinite(log_lik).all():
         raise ValueError("log-likelihoods contain NaN or inf; rerun the solve with a tighter tolerance")
@@ -116,8 +116,8 @@ def save_scores_csv(path, scores: ClassScores, ids, labels, class_names, post=No
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     post = posterior(scores.log_lik) if post is None else post
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    from .fileio import atomic_path
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image_id", "label", "class", "class_name", "log_lik_nats", "bpd", "posterior",
                     "nfe", "estimator"])
@@ -126,7 +126,6 @@ def save_scores_csv(path, scores: ClassScores, ids, labels, class_names, post=No
                 w.writerow([image_id, "" if labels is None else int(labels[i]), k, name,
                             f"{scores.log_lik[i, k]:.6f}", f"{scores.bpd[i, k]:.6f}", f"{post[i, k]:.6g}",
                             int(scores.nfe[i]), scores.estimator])
-    tmp.replace(path)
     return path
 
 
@@ -203,7 +202,21 @@ class ScoreClassifier(ClassifierMixin, BaseEstimator):
         counts = config.get("data", {}).get("train_counts")  # recorded by sgc.pipeline.train_on_dataset
         labels = None if counts is None else np.repeat(np.arange(k), counts)
         clf.log_prior_ = log_prior(k, kwargs.get("prior", "uniform"), labels)
+        from .runs import find_checkpoint, sha256_file
+        clf.config_, clf.source_dir_ = config, Path(run_dir)   # preprocessing, classes, OOD calibration
+        clf.checkpoint_sha256_ = sha256_file(find_checkpoint(run_dir))
         return clf
+
+    @classmethod
+    def load(cls, path, device=None, **kwargs) -> "ScoreClassifier":
+        """A fitted classifier from an export folder (``sgc export``); safetensors, never unpickled."""
+        from .export import load_classifier
+        return load_classifier(cls, path, device=device, **kwargs)
+
+    def predict_files(self, files, **options):
+        """One row per image file (DataFrame): see :func:`sgc.predict.predict_files`."""
+        from .predict import predict_files
+        return predict_files(self, files, **options)
 
     def log_likelihoods(self, X) -> ClassScores:
         self._check_fitted()
@@ -215,4 +228,5 @@ class ScoreClassifier(ClassifierMixin, BaseEstimator):
         return posterior(self.scores_.log_lik, self.log_prior_)
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(1)]
+        proba = self.predict_proba(X)  # first: an unfitted estimator says so (not AttributeError: classes_)
+        return self.classes_[proba.argmax(1)]

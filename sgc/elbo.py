@@ -37,14 +37,17 @@ log-densities of x on [0, 1]^D in nats (= -L + D ln 2) and bits/dim of the discr
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from dataclasses import dataclass
 
 import torch
 
-from .likelihood import to_bits_per_dim, validate_images
-from .nets import compiled
+from . import graphs
+from .errors import BoundError
+from .likelihood import ENGINES, to_bits_per_dim, validate_images
+from .nets import check_labels, compiled
 from .sde import SDE, TimeSampler, _bcast
 
 __all__ = ["ElboResult", "elbo_class_scores", "prior_term", "draw_terms", "control_coef",
@@ -95,7 +98,7 @@ def draw_terms(model, sde: SDE, z0: torch.Tensor, y: torch.Tensor, t: torch.Tens
     """
     alpha, sigma = sde.marginal(t)
     zt = _bcast(alpha, z0) * z0 + _bcast(sigma, z0) * noise
-    ctx = (torch.autocast(z0.device.type, dtype=torch.bfloat16) if autocast == "bf16"
+    ctx = (torch.autocast(z0.device.type, dtype=torch.bfloat16, cache_enabled=False) if autocast == "bf16"
            else contextlib.nullcontext())
     if autocast not in (None, "bf16"):
         raise ValueError(f"autocast must be None or 'bf16', got {autocast!r}")
@@ -105,6 +108,23 @@ def draw_terms(model, sde: SDE, z0: torch.Tensor, y: torch.Tensor, t: torch.Tens
     err = (eps_hat - noise).flatten(1).pow(2).sum(1)
     ctl = control_coef(sde, t).float().to(z0.device) * noise.flatten(1).pow(2).sum(1)
     return 0.5 * Z * (err - ctl)
+
+
+def _terms_fn(model, sde: SDE, Z: float, autocast: str | None, compile: str | None):
+    """draw_terms(z0, y, t, noise) of ``model``: eager, torch.compile'd, or (compile="graph") replayed
+    from a CUDA graph captured once per model, SDE and number of rows (``sgc.graphs``)."""
+    if compile != "graph":
+        net = compiled(model, compile)
+        return lambda zr, yr, tr, er: draw_terms(net, sde, zr, yr, tr, er, Z, autocast)
+    sde_key = json.dumps(sde.config(), sort_keys=True)
+
+    def terms(zr, yr, tr, er):
+        key = ("bound terms", graphs.model_key(model), sde_key, Z, autocast, tuple(zr.shape), zr.dtype)
+        fn = graphs.cached(key, lambda: graphs.GraphedFunction(
+            lambda a, b, c, d: draw_terms(model, sde, a, b, c, d, Z, autocast), (zr, yr, tr, er), zr.device,
+            name="bound's network evaluation"))
+        return fn(zr, yr, tr, er)
+    return terms
 
 
 def _seed_from(generator) -> int:
@@ -172,7 +192,7 @@ def elbo_class_scores(model, sde: SDE, x: torch.Tensor, classes=None, *,
                       stop_when_decided: bool = False,  # eliminate: no more draws for an image down to one class
                       max_batch: int = 4096,          # network rows per forward pass
                       autocast: str | None = None,    # None (float32) or "bf16" for the network
-                      compile: str | None = None,     # torch.compile mode (sgc.nets.COMPILE_MODES)
+                      compile: str | None = None,     # "graph" (CUDA graphs, sgc.graphs) or a torch.compile mode
                       generator: torch.Generator | None = None,
                       ) -> ElboResult:
     """Estimate log p(x_i | y = k) for images x (N, C, H, W) in [0, 1] and every class k.
@@ -194,15 +214,18 @@ def elbo_class_scores(model, sde: SDE, x: torch.Tensor, classes=None, *,
     if pairs and (n_draws % 2 or n_draws < 4):
         raise ValueError(f"antithetic noise needs an even n_draws >= 4 (pairs e, -e), got {n_draws}")
     classes = list(range(model.num_classes)) if classes is None else list(classes)
+    check_labels(torch.tensor(classes, dtype=torch.long), model.num_classes)
+    if compile not in ENGINES:
+        raise ValueError(f"compile must be one of {ENGINES}, got {compile!r}")
     n, k = x.shape[0], len(classes)
     device = next(model.parameters()).device
-    net = compiled(model, compile)
     start = time.perf_counter()
     if dequantize:
         x = (torch.round(x * (levels - 1)) + torch.rand(x.shape, generator=generator)) / levels
     z0 = (2 * x.float() - 1).to(device)
     shape, dims = z0.shape[1:], z0[0].numel()
     sampler = TimeSampler(sde, "likelihood", eps)
+    terms = _terms_fn(model, sde, sampler.Z, autocast, compile)
     if pairs:  # one time per pair: (u, t) of pair j at draws 2j and 2j + 1
         u_all, t_all = (v.repeat_interleave(2, dim=1) for v in _times(sampler, n, n_draws // 2, method, generator))
     else:
@@ -236,7 +259,7 @@ def elbo_class_scores(model, sde: SDE, x: torch.Tensor, classes=None, *,
                 tr = t_all[img, done + j0:done + j1].reshape(-1).to(device)
                 er = noise[img, j0:j1].reshape(rows * mm, *shape).to(device)
                 yr = ycls[cls.to(device)].repeat_interleave(mm)
-                v = draw_terms(net, sde, zr, yr, tr, er, sampler.Z, autocast)
+                v = terms(zr, yr, tr, er)
                 vals[img, cls, done + j0:done + j1] = v.view(rows, mm).double().cpu()
         done = stop
         if eliminate and done < n_draws:
@@ -258,8 +281,8 @@ def elbo_class_scores(model, sde: SDE, x: torch.Tensor, classes=None, *,
     prior = prior_term(sde, z0).cpu()
     logp = -(prior.double()[:, None] + mean) + dims * math.log(2.0)
     if not torch.isfinite(logp).all():
-        raise FloatingPointError("the denoising bound is not finite; check the model output "
-                                 "(NaN/inf) or use autocast=None")
+        raise BoundError("the denoising bound is not finite. Check the model output (NaN/inf weights in the "
+                         "checkpoint?) or use autocast=None")
     logp = logp.float()
     return ElboResult(logp=logp, bpd=to_bits_per_dim(logp, dims, levels), stderr=stderr.float(),
                       draws=draws, alive=alive, evals=draws.sum(1), nfe=int(draws.max()),

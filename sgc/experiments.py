@@ -44,6 +44,7 @@ import torch
 
 from .comparisons import paired_markdown, paired_tests, write_predictions
 from .data import ImageSet, load_dataset
+from .data.roots import describe_root
 
 __all__ = ["fraction_subset", "imbalance_subset", "run_experiment", "aggregate", "write_markdown", "summarize_tables",
            "plot_low_data", "CLASSIFIERS", "SCORE_MODEL", "SCORE_TRAIN", "SCORE_EVAL"]
@@ -337,7 +338,7 @@ def run_experiment(dataset: str = "digits", *,
                 setting = {"fraction_percent": float(frac), "imbalance_ratio": ratio,
                            "n_train": len(sub),
                            "train_counts": json.dumps(np.bincount(sub.labels, minlength=len(sub.class_names)).tolist())}
-                data_cfg = {"dataset": dataset, "data_root": None if data_root is None else str(data_root),
+                data_cfg = {"dataset": dataset, "data_root": describe_root(data_root),  # no machine path
                             "data_options": data_options or {}, **setting, "minority_class": minority_class,
                             "subset": "fraction_subset(imbalance_subset(train)) by group, stratified",
                             "n_boot": n_boot, "seed": seed}
@@ -419,15 +420,18 @@ def write_markdown(summary: pd.DataFrame, path, title: str = "") -> Path:
     """A Markdown table of ``aggregate``'s output: metric means with [lo, hi] over seeds."""
     lines = [f"# {title}", "",
              "Test metrics, mean over seeds with the 95 % Student-t interval over seeds in brackets "
-             "(per-run 95 % bootstrap intervals over test images are in the CSV). Rows with different "
-             "`config` (column `config` of the CSV) are never pooled.", "",
-             "| fraction % | imbalance | classifier | config | seeds | n train | AUC | accuracy | "
+             "(a row of one seed has no such interval: it says \"1 seed\"; per-run 95 % bootstrap intervals "
+             "over test images are in the CSV). Rows with different `config` (column `config` of the CSV) are "
+             "never pooled; `curve` is the id the low-data figure's legend shows (the config without seed "
+             "and fraction).", "",
+             "| fraction % | imbalance | classifier | config | curve | seeds | n train | AUC | accuracy | "
              "balanced accuracy | training | s train | s test | device |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in summary.iterrows():
         cells = [f"{r['fraction_percent']:g}", str(r["imbalance_ratio"]), r["classifier"], r["config_id"],
-                 str(r["seeds"]), f"{r['n_train']:.0f}"]
-        cells += [f"{r[m]:.3f} [{r[f'{m}_lo']:.3f}, {r[f'{m}_hi']:.3f}]" for m in METRICS]
+                 str(r.get("curve_id", "")), str(r["seeds"]), f"{r['n_train']:.0f}"]
+        cells += [f"{r[m]:.3f} (1 seed)" if int(r["seeds"]) == 1 else
+                  f"{r[m]:.3f} [{r[f'{m}_lo']:.3f}, {r[f'{m}_hi']:.3f}]" for m in METRICS]
         cells += [_setup(r), f"{r['seconds_train']:.0f}", f"{r['seconds_eval']:.1f}", r["device"]]
         lines.append("| " + " | ".join(cells) + " |")
     path = Path(path)

@@ -14,6 +14,7 @@ discrete code length when x is uniformly dequantized, x = (k + u) / levels).
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -21,20 +22,19 @@ from dataclasses import dataclass
 import torch
 from torchdiffeq import odeint
 
-from .nets import compiled
+from . import graphs
+from .errors import DataError, SolverError
+from .nets import COMPILE_MODES, check_labels, compiled
 from .sde import SDE, _bcast
 
-__all__ = ["LikelihoodResult", "SolverError", "ode_drift", "divergence", "log_likelihood",
+__all__ = ["LikelihoodResult", "SolverError", "ode_drift", "divergence", "evaluators", "log_likelihood",
            "class_log_likelihoods", "validate_images", "dequantize", "to_bits_per_dim"]
 
 ADAPTIVE = {"dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"}
 FIXED = {"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams"}
 EXPONENTIAL = {"dpm1", "dpm2"}  # sgc.solvers.dpm_solve, orders 1 and 2
 PRECISIONS = (None, "tf32", "bf16")
-
-
-class SolverError(RuntimeError):
-    """The ODE solve returned non-finite values."""
+ENGINES = COMPILE_MODES + ("graph",)  # values of ``compile``: torch.compile modes, or "graph" (sgc.graphs)
 
 
 @dataclass
@@ -48,10 +48,13 @@ class LikelihoodResult:
 
 
 def validate_images(x: torch.Tensor, model=None, name: str = "images") -> None:
-    """Raise ValueError naming the problem when x is not a batch of images in [0, 1]."""
+    """Raise DataError (a ValueError) naming the problem when x is not a batch of images in [0, 1]."""
     if not torch.is_tensor(x) or x.dim() != 4:
-        raise ValueError(f"{name} must be a 4-d tensor (N, C, H, W); got "
-                         f"{tuple(x.shape) if hasattr(x, 'shape') else type(x).__name__}")
+        raise DataError(f"{name} must be a 4-d tensor (N, C, H, W); got "
+                        f"{tuple(x.shape) if hasattr(x, 'shape') else type(x).__name__}")
+    if x.shape[0] == 0 or x[0].numel() == 0:
+        raise DataError(f"{name} are empty (shape {tuple(x.shape)}): nothing to score. Check the split, "
+                        f"the limit and the loader's filters")
     if model is not None:
         want = (model.in_channels, model.image_size, model.image_size)
         if tuple(x.shape[1:]) != want:
@@ -67,11 +70,10 @@ def validate_images(x: torch.Tensor, model=None, name: str = "images") -> None:
                          f"(divide 8-bit data by 255, or use the dataset loaders)")
 
 
-def dequantize(x: torch.Tensor, levels: int, generator=None) -> torch.Tensor:
-    """Uniform dequantization: x = k / (levels - 1) in [0, 1] -> (k + u) / levels, u ~ U[0, 1)."""
-    k = torch.round(x * (levels - 1))
-    u = torch.rand(x.shape, generator=generator, device="cpu").to(x.device, x.dtype)
-    return (k + u) / levels
+def dequantize(x: torch.Tensor, levels: int, u: torch.Tensor) -> torch.Tensor:
+    """Uniform dequantization: x = k / (levels - 1) in [0, 1] -> (k + u) / levels, with the
+    noise u in [0, 1) of x's shape given by the caller (drawn where and how it needs)."""
+    return (torch.round(x * (levels - 1)) + u.to(x.device, x.dtype)) / levels
 
 
 def to_bits_per_dim(logp01: torch.Tensor, dims: int, levels: int) -> torch.Tensor:
@@ -153,6 +155,72 @@ def _make_probes(kind: str, n_probes: int, shape, generator, device, dtype):
     return v.to(device=device, dtype=dtype)
 
 
+def evaluators(model,                        # noise-prediction network eps_hat(x, t, y), in eval mode
+               sde: SDE,                     # the forward SDE
+               y: torch.Tensor,              # (N,) class labels on the model's device
+               probes: torch.Tensor | None,  # (P, N, C, H, W) Hutchinson probes, or None (exact divergence)
+               z0: torch.Tensor,             # (N, C, H, W) an example state: shape, dtype, memory format, device
+               compile: str | None = None,   # None (eager), "graph" (CUDA graphs) or a torch.compile mode
+               precision: str | None = None,  # None / "tf32" (fp32 storage) or "bf16" (autocast around the network)
+               ):
+    """The network evaluations of a solve, as callables of (z, t) with t a 0-d float32 tensor:
+
+    drift_div(z, t) -> (probability-flow drift, its divergence estimate (N,))  [torchdiffeq solvers]
+    eps_div(z, t)   -> (eps_hat float32, divergence of eps_hat (N,))           [dpm_solve]
+    eps(z, t)       -> eps_hat float32                                         [dpm_solve, order 2]
+
+    compile="graph": each is a ``sgc.graphs.GraphedFunction`` (one CUDA graph per model, SDE,
+    shape and precision, cached across solves; y and the probes are inputs copied in per call, so
+    the graph serves every batch of that shape). Otherwise the network goes through
+    ``sgc.nets.compiled(model, compile)``. "tf32" itself is a global switch (see ``_precision``).
+    """
+    if compile not in ENGINES:
+        raise ValueError(f"compile must be one of {ENGINES}, got {compile!r}")
+    device = z0.device
+    bf16 = precision == "bf16"
+    graph = compile == "graph"
+    net = model if graph else compiled(model, compile)
+
+    def cast():  # inside a captured region autocast must not cache its casts
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16,
+                              cache_enabled=False if graph else None)
+
+    def drift_div(z, t, yy, *p):
+        with cast():
+            return divergence(lambda v: ode_drift(net, sde, v, t, yy), z, p[0] if p else None)
+
+    def eps_div(z, t, yy, *p):
+        with cast():
+            return _float(divergence(lambda v: net(v, t.expand(v.shape[0]), yy), z, p[0] if p else None))
+
+    def eps(z, t, yy):
+        with cast():
+            return net(z, t.expand(z.shape[0]), yy).float()
+
+    extra = () if probes is None else (probes,)
+    if not graph:
+        return (lambda z, t: drift_div(z, t, y, *extra), lambda z, t: eps_div(z, t, y, *extra),
+                lambda z, t: eps(z, t, y))
+    t0 = torch.full((), 0.5, device=device, dtype=torch.float32)  # a time for the warm-up calls
+    common = (graphs.model_key(model), json.dumps(sde.config(), sort_keys=True), precision, tuple(z0.shape),
+              z0.stride(), z0.dtype, None if probes is None else tuple(probes.shape))
+
+    def graphed(name, fn, inputs):  # captured at its first call (a solve uses one or two of the three)
+        def call(z, t):
+            g = graphs.cached((name,) + common, lambda: graphs.GraphedFunction(fn, inputs, device, name=name))
+            return g(z, t, *inputs[2:])
+        return call
+
+    return (graphed("ODE function (drift + divergence)", drift_div, (z0, t0, y) + extra),
+            graphed("network + divergence", eps_div, (z0, t0, y) + extra),
+            graphed("network forward pass", eps, (z0, t0, y)))
+
+
+def _float(pair):
+    out, div = pair
+    return out.float(), div
+
+
 @torch.no_grad()
 def log_likelihood(model, sde: SDE, x: torch.Tensor, y: torch.Tensor, *,
                    levels: int = 256,            # intensity levels of the source data (bits/dim)
@@ -170,24 +238,37 @@ def log_likelihood(model, sde: SDE, x: torch.Tensor, y: torch.Tensor, *,
                    nfe_budget: int | None = None,  # fixed-step methods: steps = budget // evals per step
                    spacing: str = "logsnr",      # fixed-step grid: "logsnr" (uniform log-SNR) or "uniform" in t
                    precision: str | None = None,  # network arithmetic: None (fp32), "tf32", "bf16" autocast
-                   compile: str | None = None,   # torch.compile mode (sgc.nets.COMPILE_MODES); "reduce-overhead": CUDA graphs
+                   compile: str | None = None,   # None (eager), "graph" (CUDA graphs of each evaluation, sgc.graphs)
+                                                 # or a torch.compile mode ("reduce-overhead": CUDA graphs of the net)
+                   channels_last: bool = False,  # NHWC layout for the UNet (converts the model's weights in place)
+                   max_nfe: int | None = None,   # adaptive solvers: stop with SolverError after this many evaluations
                    ) -> LikelihoodResult:
     """log p(x_i | y_i) for a batch of images x (N, C, H, W) in [0, 1] and labels y (N,).
 
     Methods: adaptive torchdiffeq solvers (``ADAPTIVE``, rtol/atol), fixed-step torchdiffeq
     solvers (``FIXED``) and exponential integrators "dpm1"/"dpm2" (``sgc.solvers``), the last
-    two on ``steps`` steps or ``nfe_budget`` network evaluations. ``compile`` runs the network
-    through ``torch.compile`` (compiled once per model and mode). nfe counts ODE-function
-    evaluations (each 1 forward + 1 batched VJP); for "dpm2" it counts forward passes
-    (half of them need no VJP).
+    two on ``steps`` steps or ``nfe_budget`` network evaluations. ``compile="graph"`` replays
+    every evaluation (forward + VJP) from a CUDA graph captured once per model and batch shape
+    (on a CPU the same code runs uncaptured); a torch.compile mode compiles the network once per
+    model and mode. nfe counts ODE-function evaluations (each 1 forward + 1 batched VJP); for
+    "dpm2" it counts forward passes (half of them need no VJP).
     """
     validate_images(x, model)
+    if not 0 < eps < sde.T:
+        raise SolverError(f"the ODE start time eps={eps} is outside (0, T={sde.T}); t = 0 is singular. Use a small "
+                          f"positive eps such as 1e-5")
+    if compile not in ENGINES:
+        raise ValueError(f"compile must be one of {ENGINES}, got {compile!r}")
+    check_labels(y, model.num_classes)
     device = next(model.parameters()).device
     x = x.to(device=device, dtype=torch.float32)
-    y = torch.as_tensor(y, device=device, dtype=torch.long).expand(x.shape[0])
+    y = torch.as_tensor(y, device=device, dtype=torch.long).expand(x.shape[0]).contiguous()
     if dequantize_noise is not None:
-        x = (torch.round(x * (levels - 1)) + dequantize_noise.to(device, x.dtype)) / levels
+        x = dequantize(x, levels, dequantize_noise)
     z0 = 2 * x - 1
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        z0 = z0.contiguous(memory_format=torch.channels_last)
     if divergence_mode == "exact":
         probes = None
     elif divergence_mode == "hutchinson":
@@ -203,16 +284,7 @@ def log_likelihood(model, sde: SDE, x: torch.Tensor, y: torch.Tensor, *,
         from .solvers import FIXED_EVALS
         steps = max(1, nfe_budget // FIXED_EVALS.get(method, 1))
 
-    net = compiled(model, compile)
     nfe = 0
-
-    def func(t, state):
-        nonlocal nfe
-        nfe += 1
-        z = state[0]
-        out, div = divergence(lambda v: ode_drift(net, sde, v, t, y), z, probes)
-        return out, div
-
     was_training = model.training
     model.eval()
     start = time.perf_counter()
@@ -226,12 +298,28 @@ def log_likelihood(model, sde: SDE, x: torch.Tensor, y: torch.Tensor, *,
     state0 = (z0, torch.zeros(z0.shape[0], device=device))
     try:
         with _precision(device, precision):
+            drift_div, eps_div, eps_fwd = evaluators(model, sde, y, probes, z0, compile, precision)
+
+            def func(t, state):
+                nonlocal nfe
+                nfe += 1
+                if max_nfe is not None and nfe > max_nfe:
+                    raise SolverError(f"the {method} solve needed more than max_nfe={max_nfe} evaluations "
+                                      f"(rtol={rtol}, atol={atol}, precision={precision}); loosen the tolerance "
+                                      f"or use fp32 (bf16 noise can keep an adaptive solver from converging)")
+                return drift_div(state[0], t.to(torch.float32).reshape(()))
+
             if method in EXPONENTIAL:
                 from .solvers import dpm_solve
-                zT, delta, nfe = dpm_solve(net, sde, z0, y, probes, steps=steps, order=int(method[-1]),
-                                           eps=eps, spacing=spacing, divergence_fn=divergence)
+                zT, delta, nfe = dpm_solve(eps_div, eps_fwd, sde, z0, steps=steps, order=int(method[-1]),
+                                           eps=eps, spacing=spacing)
             else:
-                zs, deltas = odeint(func, state0, ts, method=method, **kwargs)
+                try:
+                    zs, deltas = odeint(func, state0, ts, method=method, **kwargs)
+                except AssertionError as err:  # torchdiffeq's checks, e.g. "underflow in dt nan"
+                    raise SolverError(f"the probability-flow ODE solve failed ({method}, eps={eps}: torchdiffeq: "
+                                      f"{err or 'assertion failed'}); the model output or the start time is not "
+                                      f"usable. Use eps >= 1e-5 and check the checkpoint (NaN weights?)") from None
                 zT, delta = zs[-1], deltas[-1]
     finally:
         model.train(was_training)

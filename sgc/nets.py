@@ -19,7 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-__all__ = ["ScoreUNet", "ScoreMLP", "build_model", "count_parameters", "compiled", "COMPILE_MODES"]
+__all__ = ["ScoreUNet", "ScoreMLP", "build_model", "count_parameters", "check_labels", "compiled",
+           "compile_module", "COMPILE_MODES"]
 
 
 def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -44,7 +45,23 @@ class Conditioning(nn.Module):
         return self.out(self.time(timestep_features(t, self.dim)) + self.label(y))
 
 
+def check_labels(y, num_classes: int, name: str = "class labels") -> None:
+    """Raise ValueError unless every label is an integer in [0, num_classes - 1].
+
+    Called once on the data by the entry points (training, likelihoods, bounds, sampling),
+    not in ``forward``: reading the range back is a host synchronisation, which a forward
+    pass inside a CUDA graph must not do (and which would cost one per network call).
+    """
+    y = torch.as_tensor(y)
+    if y.is_floating_point() or y.is_complex():
+        raise ValueError(f"{name} must be integers, got dtype {y.dtype}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"{name} must be in [0, {num_classes - 1}]; got range [{int(y.min())}, {int(y.max())}]")
+
+
 def _check_inputs(model, x, t, y):
+    """t and y as (N,) tensors on x's device (scalars are expanded); shapes checked, values not
+    (see ``check_labels``)."""
     n = x.shape[0]
     t = torch.as_tensor(t, device=x.device, dtype=torch.float32)
     t = t.expand(n) if t.dim() == 0 else t
@@ -52,9 +69,6 @@ def _check_inputs(model, x, t, y):
     y = y.expand(n) if y.dim() == 0 else y
     if t.shape != (n,) or y.shape != (n,):
         raise ValueError(f"t and y must be scalars or shape ({n},); got {tuple(t.shape)} and {tuple(y.shape)}")
-    if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and y.numel() and (int(y.min()) < 0 or int(y.max()) >= model.num_classes):
-        raise ValueError(f"class labels must be in [0, {model.num_classes - 1}]; got range "
-                         f"[{int(y.min())}, {int(y.max())}]")
     return t, y
 
 
@@ -235,7 +249,7 @@ _COMPILED: dict[tuple[int, str], "_Compiled"] = {}
 
 
 class _Compiled:
-    """Callable wrapper of ``torch.compile(model, mode)`` for inference-time solves.
+    """Callable wrapper of ``torch.compile(model, mode)`` (solves, and training's "compile" engines).
 
     "reduce-overhead" and "max-autotune" replay CUDA graphs on CUDA: each call then starts a
     new graph step and returns a copy of the output, because the next replay overwrites the
@@ -270,3 +284,11 @@ def compiled(model: nn.Module, mode: str | None):
     if key not in _COMPILED:
         _COMPILED[key] = _Compiled(model, mode)
     return _COMPILED[key]
+
+
+def compile_module(module: nn.Module, mode: str):
+    """A fresh, uncached compiled wrapper of ``module`` (e.g. a DDP-wrapped network being
+    trained): unlike ``compiled`` it is not kept alive for the life of the process."""
+    if mode not in COMPILE_MODES or mode is None:
+        raise ValueError(f"mode must be one of {COMPILE_MODES[1:]}, got {mode!r}")
+    return _Compiled(module, mode)

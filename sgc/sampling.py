@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .likelihood import ode_drift
+from .nets import check_labels
 from .sde import SDE, _bcast
 
 __all__ = ["SampleResult", "reverse_sde", "probability_flow", "sample_per_class"]
@@ -37,6 +38,7 @@ class SampleResult:
 
 def _setup(model, y, generator, sde: SDE):
     device = next(model.parameters()).device
+    check_labels(np.asarray(y), model.num_classes)
     y = torch.as_tensor(np.asarray(y), dtype=torch.long, device=device)
     shape = (len(y), model.in_channels, model.image_size, model.image_size)
     x = sde.prior_sample(shape, generator=generator).to(device)

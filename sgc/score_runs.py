@@ -16,7 +16,9 @@ import torch
 
 __all__ = ["trained_score_model", "cached_evidence"]
 
-_NOT_TRAINING = ("checkpoint_every", "log_every")  # TrainConfig fields that do not change the weights
+# TrainConfig fields that do not change the weights (compile: the step engine, eager or CUDA graph, gives the
+# same weights up to floating-point order; run folders trained before it existed do not record it)
+_NOT_TRAINING = ("checkpoint_every", "log_every", "compile")
 
 
 def trained_score_model(sub, mcfg, tcfg, sde, run_dir, *, reuse, device, progress):

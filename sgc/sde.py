@@ -167,6 +167,7 @@ class TimeSampler:
         if weighting not in ("sigma2", "likelihood"):
             raise ValueError(f"weighting must be 'sigma2' or 'likelihood', got {weighting!r}")
         self.sde, self.weighting, self.eps = sde, weighting, float(eps)
+        self._on_device = {}  # device -> the tables below, copied there once
         if weighting == "likelihood":
             # tabulate the density on a log grid (it grows like 1/t near 0) and invert its CDF
             ts = torch.from_numpy(np.geomspace(self.eps, sde.T, grid)).double()
@@ -177,20 +178,32 @@ class TimeSampler:
             self._ts, self._cdf = ts, cdf / cdf[-1]
 
     def sample(self, n: int, generator=None, device=None, u: torch.Tensor | None = None):
-        """n times and their weights, both float32 (n,). ``u`` in [0,1) overrides the draws
-        (e.g. stratified u = (i + U) / n)."""
+        """n times and their weights, both float32 (n,), on ``device`` (default: where they were
+        drawn). The uniforms are drawn on the generator's device (a CUDA generator draws on the
+        GPU, without a host round trip); ``u`` in [0,1) overrides the draws (e.g. stratified
+        u = (i + U) / n) and is used on its own device."""
         if u is None:
-            u = torch.rand(n, generator=generator)
-        u = u.double().cpu()
+            where = generator.device if generator is not None else torch.device(device or "cpu")
+            u = torch.rand(n, generator=generator, device=where)
+        u = u.double()
         if self.weighting == "sigma2":
             t = self.eps + u * (self.sde.T - self.eps)
             w = torch.full_like(t, self.sde.T - self.eps)
         else:
-            i = torch.searchsorted(self._cdf, u.clamp(0, 1 - 1e-12), right=True).clamp(1, len(self._ts) - 1)
-            c0, c1 = self._cdf[i - 1], self._cdf[i]
-            t = self._ts[i - 1] + (u - c0) / (c1 - c0).clamp_min(1e-300) * (self._ts[i] - self._ts[i - 1])
+            ts, cdf = self._tables(u.device)
+            i = torch.searchsorted(cdf, u.clamp(0, 1 - 1e-12), right=True).clamp(1, len(ts) - 1)
+            c0, c1 = cdf[i - 1], cdf[i]
+            t = ts[i - 1] + (u - c0) / (c1 - c0).clamp_min(1e-300) * (ts[i] - ts[i - 1])
             w = torch.full_like(t, self.Z)
         return t.float().to(device), w.float().to(device)
+
+    def _tables(self, device: torch.device):
+        """The tabulated times and CDF on ``device`` (copied once per device, float64)."""
+        if device.type == "cpu":
+            return self._ts, self._cdf
+        if device not in self._on_device:
+            self._on_device[device] = (self._ts.to(device), self._cdf.to(device))
+        return self._on_device[device]
 
     def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
         """lambda(t) / sigma(t)^2, the weight on ||eps_hat - eps||^2 of a uniformly drawn t."""

@@ -19,7 +19,7 @@ import math
 import numpy as np
 import torch
 
-from .sde import SDE, _bcast
+from .sde import SDE
 
 __all__ = ["time_grid", "step_weight", "dpm_solve", "FIXED_EVALS"]
 
@@ -55,52 +55,46 @@ def step_weight(sde: SDE, s: float, t: float, points: int = 65) -> float:
     return -float(torch.trapezoid(f, tau))
 
 
-def _eps_hat(model, z, t, y, autocast):
-    if autocast == "bf16":
-        with torch.autocast(z.device.type, dtype=torch.bfloat16):
-            return model(z, t.expand(z.shape[0]), y).float()
-    return model(z, t.expand(z.shape[0]), y)
-
-
-def dpm_solve(model, sde: SDE, z0: torch.Tensor, y: torch.Tensor, probes: torch.Tensor | None, *,
+def dpm_solve(evaluate, forward, sde: SDE, z0: torch.Tensor, *,
               steps: int = 50,            # solver steps (network forward passes = order x steps)
               order: int = 2,             # 1 or 2
               eps: float = 1e-5,          # start time
               spacing: str = "logsnr",    # time grid, see ``time_grid``
-              autocast: str | None = None,  # None or "bf16" for the network
-              divergence_fn=None,         # (fn, z, probes) -> (fn(z), div); sgc.likelihood.divergence
               ):
-    """Solve the probability-flow ODE from t = eps to T. z0 (N, C, H, W) model space, y (N,).
+    """Solve the probability-flow ODE from t = eps to T. z0 (N, C, H, W) model space.
 
+    ``evaluate(z, t)`` -> (eps_hat, divergence estimate of eps_hat in z (N,)) and
+    ``forward(z, t)`` -> eps_hat, with t a 0-d float32 tensor on z0's device (the class labels,
+    probes, precision and any CUDA graph live in these callables: ``sgc.likelihood.evaluators``).
     Returns (z_T, delta_logp (N,), nfe) with log p_eps(z0) = log p_T(z_T) + delta_logp and nfe the
     number of network forward passes (each VJP comes on top of one of them).
     """
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order}")
     grid = time_grid(sde, steps, eps, spacing)
-    if order == 2:  # midpoints in lambda
-        fine = time_grid(sde, 2 * steps, eps, spacing)
-        mids = fine[1::2]
-    dims = z0[0].numel()
+    mids = time_grid(sde, 2 * steps, eps, spacing)[1::2] if order == 2 else None  # midpoints in lambda
     device, dtype = z0.device, z0.dtype
+    # the times the network sees, moved to the device once (no host-to-device copy per step)
+    starts = grid.to(device=device, dtype=torch.float32)
+    at = starts if order == 1 else mids.to(device=device, dtype=torch.float32)
+    dims = z0[0].numel()
     z, delta, nfe = z0, torch.zeros(z0.shape[0], device=device, dtype=dtype), 0
     for i in range(steps):
         s, t = grid[i], grid[i + 1]
         a_s, s_s = sde.marginal(s)
         a_t, s_t = sde.marginal(t)
         h = float(torch.log(a_t / s_t) - torch.log(a_s / s_s))
+        w = step_weight(sde, float(s), float(t))
         if order == 1:
-            ts, zs, w = s, z, step_weight(sde, float(s), float(t))
+            zs = z
         else:
             m = mids[i]
             a_m, s_m = sde.marginal(m)
             hm = float(torch.log(a_m / s_m) - torch.log(a_s / s_s))
-            e0 = _eps_hat(model, z, s.to(device, dtype), y, autocast)
+            e0 = forward(z, starts[i])
             nfe += 1
             zs = float(a_m / a_s) * z - float(s_m * math.expm1(hm)) * e0
-            ts, w = m, step_weight(sde, float(s), float(t))
-        tt = ts.to(device, dtype)
-        e, div = divergence_fn(lambda v: _eps_hat(model, v, tt, y, autocast), zs, probes)
+        e, div = evaluate(zs, at[i])
         nfe += 1
         z = float(a_t / a_s) * z - float(s_t * math.expm1(h)) * e
         delta = delta + dims * float(torch.log(a_t / a_s)) - w * div

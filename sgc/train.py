@@ -26,12 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from . import distributed
+from .errors import RunFolderError
 from .runs import (CHECKPOINT, PREVIOUS, _say, find_checkpoint, load_checkpoint, run_provenance, same_model,
                    save_checkpoint)
 from .sde import SDE, TimeSampler
+from .step import ENGINES, TrainStep, draw_batch, place_data, resolve_engine
 
 __all__ = ["TrainConfig", "train_score_model", "TrainingInterrupted"]
 
@@ -55,11 +57,21 @@ class TrainConfig:
     seed: int = 0                # seeds weights, batches and noise
     amp: bool = True             # bf16 autocast when training on CUDA
     checkpoint_every: int = 500  # steps between checkpoints (with a run_dir)
-    log_every: int = 50          # steps between history rows
+    log_every: int = 50          # steps between history rows (and loss / NaN checks: the only host syncs)
+    compile: str = "auto"        # step engine (sgc.step): "auto" (= "graph" on one CUDA device, else
+                                 # "eager"), "eager", "graph" (one CUDA graph per step), or a torch.compile
+                                 # mode for the network: "default", "reduce-overhead", "max-autotune"
 
     def __post_init__(self):
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.compile in (None, False, "none"):
+            self.compile = "eager"
+        if self.compile not in ENGINES:
+            raise ValueError(f"compile must be one of {ENGINES}, got {self.compile!r}")
+        if self.log_every < 1 or self.checkpoint_every < 1:
+            raise ValueError(f"log_every and checkpoint_every must be >= 1, got {self.log_every} and "
+                             f"{self.checkpoint_every}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "TrainConfig":
@@ -79,53 +91,26 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * warm
 
 
-def _draw(images, labels, cfg: TrainConfig, sampler: TimeSampler, gen, part: slice):
-    """One step's random draws for the GLOBAL batch from ``gen``, cut to this rank's ``part``.
-
-    Every rank draws the same global batch (indices, dequantization, flips, t, noise, in that
-    order), so N processes with the same global batch see exactly the batch of one process.
-    Returns CPU tensors (x0 in model space [-1, 1], y, t, noise) for the rows of ``part``.
-    """
-    b = cfg.batch_size
-    shape = (b, *images.shape[1:])
-    idx = torch.randint(0, images.shape[0], (b,), generator=gen)
-    u = torch.rand(shape, generator=gen) if cfg.dequantize else None
-    hflip = torch.rand(b, generator=gen) < 0.5 if cfg.hflip else None
-    vflip = torch.rand(b, generator=gen) < 0.5 if cfg.vflip else None
-    t, _ = sampler.sample(b, generator=gen)
-    noise = torch.randn(shape, generator=gen)
-    idx = idx[part]
-    x = images[idx]
-    if u is not None:
-        x = (torch.round(x * (cfg.levels - 1)) + u[part]) / cfg.levels
-    if hflip is not None:
-        x = torch.where(hflip[part][:, None, None, None], x.flip(-1), x)
-    if vflip is not None:
-        x = torch.where(vflip[part][:, None, None, None], x.flip(-2), x)
-    return 2 * x - 1, labels[idx], t[part], noise[part]
+def _train_state(model, ema, trainer, step, gen, history, running) -> dict:
+    """What a checkpoint holds to resume bit for bit: weights, EMA, optimiser, step, RNG states,
+    and ``running`` = (sum of the global batch losses since the last history row, summed over
+    ranks; number of steps in it)."""
+    return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": trainer.optimizer_state(),
+            "step": step, "generator": gen.get_state(), "generator_device": gen.device.type,
+            "torch_rng": torch.get_rng_state(), "history": json.dumps(history),
+            "loss_sum": float(running[0]), "loss_count": int(running[1])}
 
 
-def dsm_loss(model, sde: SDE, sampler: TimeSampler, x0, y, gen) -> torch.Tensor:
-    """Mean squared noise-prediction error per dimension (the DSM loss up to a constant)."""
-    t, _ = sampler.sample(x0.shape[0], generator=gen, device=x0.device)
-    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-    eps_hat = model(sde.perturb(x0, t, noise), t, y)
-    return (eps_hat.float() - noise).pow(2).mean()
-
-
-def _train_state(model, ema, opt, step, gen, history, running) -> dict:
-    """What a checkpoint holds to resume bit for bit: weights, EMA, optimiser, step, RNG states."""
-    return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-            "step": step, "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "history": json.dumps(history), "running": json.dumps(list(running or []))}
-
-
-@torch.no_grad()
-def _ema_update(ema, model, decay):
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm.detach(), 1 - decay)
-    for be, bm in zip(ema.buffers(), model.buffers()):
-        be.copy_(bm)
+def _resume_generator(gen: torch.Generator, ckpt: dict, seed: int, step: int) -> None:
+    """Continue the checkpoint's batch stream; a stream saved on another kind of device cannot
+    continue here, so it restarts from (seed, step), reproducibly but not bit-exact."""
+    saved_on = ckpt.get("generator_device", "cpu")
+    if saved_on == gen.device.type:
+        gen.set_state(ckpt["generator"])
+        return
+    gen.manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
+    _say(f"the checkpoint's batch generator ran on {saved_on}, this run is on {gen.device.type}: batches "
+         f"continue from a stream seeded by (seed, step), not the one an uninterrupted run would draw")
 
 
 class TrainingInterrupted(RuntimeError):
@@ -170,108 +155,118 @@ def train_score_model(model, sde: SDE, images, labels, config: TrainConfig | dic
     the end; ``resume=True`` continues from the newest complete checkpoint to the same result
     as an uninterrupted run. ``stop_after`` ends early after that many steps (for tests).
 
+    Each step runs on the engine ``config.compile`` picks (``sgc.step``: one CUDA graph per step
+    on a GPU by default); the loss is read back, and checked for NaN, every ``log_every`` steps.
+
     Under torch.distributed (``sgc.distributed.init_from_env``, e.g. started by torchrun) the
     model is wrapped in DistributedDataParallel and each of the N ranks trains on its
     batch_size / N rows of the same global batch, so the result equals one process with the
     same batch_size up to floating-point summation order. Rank 0 writes the checkpoints.
     With a run_dir, SIGTERM or SIGINT finish the current step, write a checkpoint and raise
-    ``TrainingInterrupted``.
+    ``TrainingInterrupted`` (under DDP the ranks agree on it at the next log or checkpoint step).
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     device = distributed.default_device(device)
     images = torch.as_tensor(np.asarray(images), dtype=torch.float32)
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     from .likelihood import validate_images
+    from .nets import check_labels
     validate_images(images, model, "training images")
     if labels.shape != (images.shape[0],):
         raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
-    if labels.min() < 0 or labels.max() >= model.num_classes:
-        raise ValueError(f"labels must be in [0, {model.num_classes - 1}]; got [{int(labels.min())}, {int(labels.max())}]")
+    check_labels(labels, model.num_classes, "labels")  # once, on the data: forward passes do not check
     missing = sorted(set(range(model.num_classes)) - set(labels.tolist()))
     if missing:
         raise ValueError(f"classes {missing} have no training images; a class-conditional model needs every class")
     rank, world = distributed.rank(), distributed.world_size()
     part = distributed.batch_slice(cfg.batch_size, rank, world)
     main = rank == 0
+    engine = resolve_engine(cfg.compile, device, world)
 
     torch.manual_seed(cfg.seed + rank)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    images, labels = place_data(images, labels, device)
     model = model.to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    net = model
+    if distributed.is_active():  # DDP broadcasts rank 0's weights at construction, averages gradients in backward
+        from torch.nn.parallel import DistributedDataParallel
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    trainer = TrainStep(model, ema, sde, cfg, device, engine, net=net)
     sampler = TimeSampler(sde, cfg.weighting, cfg.eps)
     meta = {"model": model.config, "sde": sde.config(), "train": asdict(cfg), **(extra_meta or {}),
             "provenance": run_provenance(cfg.seed)}
-    step, history, running = 0, [], []
+    step, history, count = 0, [], 0
     if resume and run_dir is not None and find_checkpoint(run_dir) is not None:
         saved, ckpt = load_checkpoint(run_dir)
         if not same_model(saved.get("model"), meta["model"]) or saved.get("sde") != meta["sde"]:
-            raise ValueError(f"checkpoint in {run_dir} was trained with model={saved.get('model')}, "
-                             f"sde={saved.get('sde')}, not the requested model={meta['model']}, sde={meta['sde']}; "
-                             f"use another --run-dir or drop --resume")
+            raise RunFolderError(f"checkpoint in {run_dir} was trained with model={saved.get('model')}, "
+                                 f"sde={saved.get('sde')}, not the requested model={meta['model']}, "
+                                 f"sde={meta['sde']}. Use another --run-dir, or --overwrite instead of --resume")
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(ckpt["optimizer"])
+        trainer.load_optimizer_state(ckpt["optimizer"])
         step, history = int(ckpt["step"]), json.loads(ckpt["history"])
-        running = json.loads(ckpt.get("running", "[]"))
-        gen.set_state(ckpt["generator"])
+        if "loss_sum" in ckpt:
+            loss_sum, count = float(ckpt["loss_sum"]), int(ckpt["loss_count"])
+        else:  # checkpoints before the device-side loss sum: per-step global losses
+            running = json.loads(ckpt.get("running", "[]"))
+            loss_sum, count = float(sum(running)) * world, len(running)
+        if rank == 0:  # the partial sum is already over all ranks
+            trainer.loss_sum.fill_(loss_sum)
+        _resume_generator(gen, ckpt, cfg.seed, step)
         if rank == 0:
             torch.set_rng_state(ckpt["torch_rng"])
         if main:
             _say(f"resuming {run_dir} from step {step}")
     elif resume and run_dir is not None and any((Path(run_dir) / f).exists() for f in (CHECKPOINT, PREVIOUS)):
-        raise ValueError(f"--resume: no complete checkpoint in {run_dir} (every checkpoint fails its sha256 "
-                         f"check); delete them to start over")
+        raise RunFolderError(f"--resume: no complete checkpoint in {run_dir} (every checkpoint fails its sha256 "
+                             f"check). Delete them to start over, or pass --overwrite instead of --resume")
 
-    # DDP broadcasts rank 0's weights at construction and averages gradients in backward.
-    net = model
-    if distributed.is_active():
-        from torch.nn.parallel import DistributedDataParallel
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    use_amp = cfg.amp and device.type == "cuda"
     last = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
-    bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and main), desc="train", unit="step")
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and main), desc=f"train ({engine})",
+               unit="step")
     model.train()
     t0 = time.perf_counter()
 
-    def checkpoint():
+    def sync(stop_flag: bool) -> tuple[float, bool]:
+        """The loss sum over ranks since the last history row (one small all-reduce and the only
+        device-to-host read), checked for NaN; and whether any rank was signalled."""
+        stats = torch.stack([trainer.loss_sum, torch.tensor(float(stop_flag), dtype=torch.float64, device=device)])
+        total, flag = distributed.all_reduce_sum(stats).tolist()
+        if not math.isfinite(total):
+            raise FloatingPointError(f"training loss became {total / world / max(count, 1)} between steps "
+                                     f"{step - count + 1} and {step}; lower lr (now {cfg.lr}) or enable grad_clip")
+        return total, flag > 0
+
+    def checkpoint(total: float):
         if run_dir is not None and main:
-            save_checkpoint(run_dir, _train_state(model, ema, opt, step, gen, history, running), meta)
+            save_checkpoint(run_dir, _train_state(model, ema, trainer, step, gen, history, (total, count)), meta)
         distributed.barrier()
 
     with _StopOnSignal(run_dir is not None) as stop:
         while step < last:
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, cfg)
-            x0, y, t, noise = (v.to(device) for v in _draw(images, labels, cfg, sampler, gen, part))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                eps_hat = net(sde.perturb(x0, t, noise), t, y)
-            loss = (eps_hat.float() - noise).pow(2).mean()
-            # one small all-reduce: the global loss (logs, NaN check) and whether any rank was signalled
-            stats = distributed.all_reduce_sum(torch.stack([loss.detach().float(), torch.tensor(
-                float(stop.signum is not None), device=device)]))
-            global_loss, stop_now = float(stats[0]) / world, bool(stats[1] > 0)
-            if not math.isfinite(global_loss):
-                raise FloatingPointError(f"training loss became {global_loss} at step {step}; lower lr "
-                                         f"(now {cfg.lr}) or enable grad_clip")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            trainer.set_schedule(_lr_at(step, cfg), min(cfg.ema_decay, (2 + step) / (11 + step)))
+            trainer(*draw_batch(images, labels, cfg, sampler, gen, part))
             step += 1
-            _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
-            running.append(global_loss)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                history.append({"step": step, "loss": float(np.mean(running)), "lr": _lr_at(step - 1, cfg),
-                                "seconds": time.perf_counter() - t0})
-                bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
-                running = []
+            count += 1
             bar.update(1)
-            if run_dir is not None and (step % cfg.checkpoint_every == 0 or step == last):
-                checkpoint()
-            elif stop_now and run_dir is not None:
-                checkpoint()
+            log = step % cfg.log_every == 0 or step == cfg.steps
+            save = run_dir is not None and (step % cfg.checkpoint_every == 0 or step == last)
+            signalled = stop.signum is not None
+            # one process acts on a signal at once; DDP ranks agree on it at the next sync point
+            if not (log or save or step == last or (signalled and world == 1)):
+                continue
+            total, stop_now = sync(signalled)
+            if log:
+                ran = engine if engine != "graph" or trainer.graphed else "graph (uncaptured)"
+                history.append({"step": step, "loss": total / world / count, "lr": _lr_at(step - 1, cfg),
+                                "seconds": time.perf_counter() - t0, "engine": ran})
+                bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+                trainer.loss_sum.zero_()
+                total, count = 0.0, 0
+            if save or (stop_now and run_dir is not None):
+                checkpoint(total)
             if stop_now and step < last:
                 bar.close()
                 raise TrainingInterrupted(step, stop.signum or signal.SIGTERM, run_dir)

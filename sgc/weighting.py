@@ -21,6 +21,8 @@ new images; the test split is never seen by any choice.
 """
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 from scipy import optimize, special, stats
 from sklearn.model_selection import RepeatedStratifiedKFold
@@ -28,7 +30,7 @@ from sklearn.model_selection import RepeatedStratifiedKFold
 from .evidence import Evidence, bin_means, weighted_scores
 
 __all__ = ["select_weighting", "apply_weighting", "weighted_posteriors", "fit_logistic", "logistic_logits",
-           "truncated_scores", "candidate_scores", "rank_auc", "LAMBDAS"]
+           "truncated_scores", "candidate_scores", "rank_auc", "LAMBDAS", "SELECT_OPTIONS"]
 
 LAMBDAS = (1000.0, 100.0, 10.0, 1.0, 0.1, 0.01)   # ridge strengths tried, strongest (closest to the bound) first
 
@@ -196,6 +198,11 @@ def select_weighting(ev_val: Evidence, sde, *,
 
 def _label(name: str, params: dict) -> str:
     return f"logistic lam={params['lam']:g}" if name == "logistic" else name
+
+
+# select_weighting's options and their defaults: the keys of `sgc experiment --set estimator_options.weighted.*`
+SELECT_OPTIONS = {name: p.default for name, p in inspect.signature(select_weighting).parameters.items()
+                  if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def apply_weighting(record: dict, ev: Evidence, sde, name: str | None = None) -> np.ndarray:

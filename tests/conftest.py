@@ -10,8 +10,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def shared_data() -> Path | None:
-    """The real data folder (env SGC_TEST_DATA, default ../shared/data), or None."""
-    root = Path(os.environ.get("SGC_TEST_DATA", REPO.parent / "shared" / "data"))
+    """The real data folder: $SGC_TEST_DATA, else $SGC_DATA (the same layout, one folder per source),
+    else the team's ../shared/data; None when none exists."""
+    given = os.environ.get("SGC_TEST_DATA") or os.environ.get("SGC_DATA")
+    root = Path(given) if given else REPO.parent / "shared" / "data"
     return root if root.is_dir() else None
 
 
@@ -19,5 +21,38 @@ def shared_data() -> Path | None:
 def shared_data_dir():
     root = shared_data()
     if root is None:
-        pytest.skip("real test data not found: set SGC_TEST_DATA to the shared/data folder")
+        pytest.skip("real test data not found: set SGC_TEST_DATA (or SGC_DATA) to the folder holding medmnist/, mini-mias/, cbis-ddsm/")
     return root
+
+
+# --- a fresh run folder for every test session -------------------------------------------
+# The notebooks (run by nbval in `make test`, which collects tests/ and notebooks/ together, so
+# this file is loaded) put their run folder at $SGC_RUN_DIR/<dataset> (sgc.batch.default_run_dir).
+# Without this, every session would reuse <tmp>/sgc-notebooks and could read a model, scores or
+# tables that older code left there. Set before any kernel starts (kernels inherit the
+# environment) and removed at the end; a SGC_RUN_DIR set by the caller is kept, with the
+# session's folder made inside it. (Not a notebooks/conftest.py: a second top-level `conftest`
+# module would shadow this one for tests that import from it.)
+_session_run_dirs = []
+
+
+def pytest_configure(config):
+    import tempfile
+    base = os.environ.get("SGC_RUN_DIR")
+    if base:
+        # `make test` names runs/notebooks, which a fresh clone does not have yet
+        os.makedirs(base, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="sgc-test-session-", dir=base or None)
+    os.environ["SGC_RUN_DIR"] = folder
+    _session_run_dirs.append((folder, base))
+
+
+def pytest_unconfigure(config):
+    import shutil
+    while _session_run_dirs:
+        folder, base = _session_run_dirs.pop()
+        if base is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.environ.pop("SGC_RUN_DIR", None)
+        else:
+            os.environ["SGC_RUN_DIR"] = base

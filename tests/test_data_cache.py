@@ -131,3 +131,31 @@ def test_manifest_problems_are_named(tmp_path):
         build_cache(pd.concat([manifest, manifest]), tmp_path / "c", settings=SMALL, progress=False)
     with pytest.raises(CacheError, match="empty"):
         build_cache(manifest.iloc[:0], tmp_path / "c", settings=SMALL, progress=False)
+
+
+def test_a_fixed_or_replaced_source_file_is_read_again(tmp_path):
+    """The cache keys each source file by size and mtime (issue 13, 3)."""
+    import os
+    manifest = phantom_manifest(tmp_path / "src", n=4)
+    first = build_cache(manifest, tmp_path / "cache", settings=SMALL, workers=1, progress=False)
+    before = np.array(open_cache(first.path)[0][2])
+    # the file is replaced by another image (same path, same id): its pixels must change
+    write_dicom(tmp_path / "src" / "img2.dcm", breast_phantom(side="L", seed=99) * 0.5)
+    os.utime(tmp_path / "src" / "img2.dcm", ns=(0, 10**18))  # a distinct mtime even on coarse clocks
+    again = build_cache(manifest, tmp_path / "cache", settings=SMALL, workers=1, progress=False)
+    assert (again.n_decoded, again.n_reused) == (1, 3)
+    after = np.array(open_cache(again.path)[0][2])
+    assert not np.array_equal(before, after)
+    table = open_cache(again.path)[1]
+    assert {"source_size", "source_mtime_ns"} <= set(table.columns)
+
+
+def test_images_left_out_are_reported_also_when_the_complete_cache_is_reused(tmp_path):
+    """Reusing a complete cache still warns about the images it excludes (issue 13, 3)."""
+    manifest = phantom_manifest(tmp_path / "src", n=4)
+    (tmp_path / "src" / "img1.dcm").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match=r"1 image\(s\) could not be cached"):
+        build_cache(manifest, tmp_path / "cache", settings=SMALL, workers=1, progress=False)
+    with pytest.warns(UserWarning, match=r"1 image\(s\) could not be cached.*img1.dcm"):
+        reused = build_cache(manifest, tmp_path / "cache", settings=SMALL, workers=1, progress=False)
+    assert reused.n_decoded == 0 and reused.n_errors == 1

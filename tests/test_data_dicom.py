@@ -48,6 +48,13 @@ def test_monochrome1_is_inverted_after_window(tmp_path):
     m1, info = read_dicom(write_dicom(tmp_path / "m1.dcm", 1 - image, photometric="MONOCHROME1"))
     assert info.inverted and info.photometric == "MONOCHROME1"
     np.testing.assert_allclose(m1, m2, atol=2 / 4095)
+    # with a window that is not centred on the range, inverting before or after it differs:
+    # MONOCHROME1 is inverted AFTER the window (PS3.4 N.2)
+    values = np.array([[0, 1000, 1500, 2000, 4095]], dtype=np.uint16)
+    windowed, info = read_dicom(write_dicom(tmp_path / "w1.dcm", values, raw=True, photometric="MONOCHROME1",
+                                            window=(1500, 1000)))
+    np.testing.assert_allclose(windowed, 1 - window(values.astype(float), 1500, 1000), atol=1e-6)
+    assert info.intensity == "window:LINEAR" and info.inverted
 
 
 def test_sigmoid_and_linear_windows_follow_the_standard(tmp_path):
@@ -69,6 +76,11 @@ def test_rescale_and_bits_stored_are_respected(tmp_path):
                                          slope=2.0, intercept=-10))
     assert info.bits_stored == 10
     np.testing.assert_allclose(image, values / 1023, atol=1e-6)  # linear rescale keeps the fraction
+    # ... which a window does not: it is in modality units, 2 v - 10 (the stored values would differ)
+    image, info = read_dicom(write_dicom(tmp_path / "rw.dcm", values, raw=True, bits_stored=10, slope=2.0,
+                                         intercept=-10, window=(800, 1000)))
+    np.testing.assert_allclose(image, window(2.0 * values - 10, 800, 1000), atol=1e-6)
+    assert np.abs(image - window(values.astype(float), 800, 1000)).max() > 0.1
 
 
 def test_laterality_view_and_ids_come_from_the_header(tmp_path):
@@ -106,3 +118,22 @@ def test_bad_files_give_clear_messages(tmp_path):
     odd.save_as(tmp_path / "odd.dcm")
     with pytest.raises(DicomDecodeError, match=r"odd.dcm: unknown or unsupported transfer syntax 1\.2\.3\.4\.5\.6"):
         read_dicom(tmp_path / "odd.dcm")
+
+
+@pytest.mark.filterwarnings("ignore:End of file reached")
+@pytest.mark.parametrize("keep", ["header_only", "half_of_the_pixels"])
+def test_truncated_file_is_named_truncated_with_expected_and_actual_bytes(tmp_path, keep):
+    """A download cut short is 'truncated', not 'no pixel data (structured report?)' (issue 13, 8)."""
+    good = write_dicom(tmp_path / "good.dcm", breast_phantom(rows=96, cols=64))
+    data = good.read_bytes()
+    pixel_bytes = 96 * 64 * 2
+    header_end = len(data) - pixel_bytes - 8  # before the PixelData element's tag and length
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[:header_end] if keep == "header_only" else data[:len(data) - pixel_bytes // 2])
+    with pytest.raises(DicomDecodeError) as info:
+        read_dicom(cut)
+    msg = str(info.value)
+    assert "cut.dcm" in msg and "truncated" in msg and "structured report" not in msg
+    assert f"{pixel_bytes} bytes" in msg or f"of {pixel_bytes} expected" in msg
+    if keep == "half_of_the_pixels":
+        assert f"{pixel_bytes // 2} of {pixel_bytes} expected bytes" in msg

@@ -73,6 +73,10 @@ def test_cbis_ddsm_lesion_patches_find_the_mask_by_pixels(tmp_path):
     lesions = cbis_ddsm_manifest(root, level="lesion")
     assert len(lesions) == 4 and lesions["label"].tolist().count(1) == 2
     assert all(len(json.loads(p)) == 2 for p in lesions["roi_paths"])
+    # the box comes from the mask's pixels ([50:60, 10:24] in every fixture), not from a file name
+    from sgc.data.cbis_ddsm import roi_mask_box
+    for paths in lesions["roi_paths"]:
+        assert roi_mask_box(json.loads(paths), (120, 80)) == [50.0, 10.0, 60.0, 24.0]
     result = build_cache(lesions, tmp_path / "cache", workers=1, progress=False,
                          settings=PreprocessSettings(size=16, mode="patch", patch_min_side=8, patch_context=0))
     assert result.n_errors == 0

@@ -101,11 +101,13 @@ def test_truncated_pgm_is_named(tmp_path):
         read_pgm(tmp_path / "mdb001.pgm")
 
 
-def test_missing_folders_are_clear_errors(tmp_path):
+def test_missing_folders_are_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.delenv("SGC_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))       # the default folders (~/sgc-data/...) are absent
     for name in ("mini_mias", "cbis_ddsm", "inbreast", "vindr_mammo"):
-        with pytest.raises(FileNotFoundError, match="not a folder"):
+        with pytest.raises(FileNotFoundError, match="absent not found .from --data-root.*SGC_DATA"):
             load_dataset(name, root=str(tmp_path / "absent"))
-        with pytest.raises(ValueError, match="pass root="):
+        with pytest.raises(FileNotFoundError, match="sgc-data.* not found .from the default.*--data-root"):
             load_dataset(name)
 
 
@@ -146,3 +148,25 @@ def test_cbis_ddsm_real_dicoms_join_by_header(tmp_path):
     test = sets["test"]
     assert test.images.shape == (2, 1, 64, 64) and test.levels == 65536 and list(test.labels) == [0, 1]
     assert len(sets["train"]) == 0 and 0.05 < test.images.mean() < 0.6
+
+
+def _medmnist_file(path, images):
+    """A MedMNIST-layout .npz whose three splits hold ``images`` (N, 28, 28) and labels 0/1."""
+    labels = (np.arange(len(images)) % 2).astype(np.uint8)[:, None]
+    np.savez(path, **{f"{s}_images": images for s in ("train", "val", "test")},
+             **{f"{s}_labels": labels for s in ("train", "val", "test")})
+
+
+def test_medmnist_float_files_in_unit_range_are_kept_not_divided_again(tmp_path):
+    """uint8 files are divided by 255; a file already normalised to [0, 1] is kept (issue 13, 7)."""
+    rng = np.random.default_rng(0)
+    ints = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    _medmnist_file(tmp_path / "breastmnist.npz", ints)
+    from_ints = load_dataset("breastmnist", root=str(tmp_path))["test"].images
+    _medmnist_file(tmp_path / "breastmnist.npz", ints.astype(np.float32) / 255)
+    from_floats = load_dataset("breastmnist", root=str(tmp_path))["test"].images
+    np.testing.assert_allclose(from_floats, from_ints, atol=1e-6)
+    assert from_floats.max() > 0.9  # not black
+    _medmnist_file(tmp_path / "breastmnist.npz", ints.astype(np.float64))  # floats 0..255: ambiguous
+    with pytest.raises(ValueError, match=r"breastmnist.npz: train_images is floating point with values in \[0, 255\]"):
+        load_dataset("breastmnist", root=str(tmp_path))

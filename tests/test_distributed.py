@@ -67,7 +67,7 @@ def two_process_run(tmp_path_factory):
 
 def test_two_gloo_processes_train_like_one(two_process_run, tmp_path):
     run_two, stdout = two_process_run
-    assert stdout.count("trained:") == 1  # rank 0 prints, rank 1 does not
+    assert stdout.count("trained ") == 1  # rank 0 prints, rank 1 does not
     with one_thread():
         train_on_dataset("digits", tmp_path / "one", model=MODEL, train=TRAIN, progress=False)
     a = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)
@@ -86,33 +86,35 @@ def test_two_gloo_processes_train_like_one(two_process_run, tmp_path):
 
 def test_sharded_classification_equals_one_process(two_process_run, tmp_path):
     run_two, stdout = two_process_run
-    assert stdout.count("digits test (ode)") == 1
+    assert stdout.count("digits test: 14 images, ode estimator") == 1
     run_one = tmp_path / "one"
     run_one.mkdir()
     for f in ("config.json", "checkpoint.pt", "checkpoint.pt.sha256"):
         shutil.copy(run_two / f, run_one / f)
     with one_thread():
         m = evaluate_run(run_one, progress=False, **CLASSIFY)
-    assert m["n"] == 14 and m["world_size"] == 1
-    assert (run_one / "scores_test_ode.csv").read_bytes() == (run_two / "scores_test_ode.csv").read_bytes()
+    assert m["n"] == 14 and m["world_size"] == 1 and m["partial"]
+    scores = m["scores_file"]  # partial_scores_test_ode_limit14...: --limit
+    assert (run_one / scores).read_bytes() == (run_two / scores).read_bytes()
 
     # a dead rank's chunk is missing: the rerun computes only that chunk, with the same result
-    parts = run_one / "parts" / "scores_test_ode"
+    (parts,) = (run_one / "parts").iterdir()  # one folder per settings key
     chunks = sorted(parts.glob("chunk_*.npz"))
     assert len(chunks) == 4  # 14 images in chunks of 4
     chunks[1].unlink()
     stamps = {p: p.stat().st_mtime_ns for p in chunks if p.exists()}
-    (run_one / "scores_test_ode.csv").unlink()
+    (run_one / scores).unlink()
     with one_thread():
         evaluate_run(run_one, progress=False, **CLASSIFY)
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     assert chunks[1].exists()
-    assert (run_one / "scores_test_ode.csv").read_bytes() == (run_two / "scores_test_ode.csv").read_bytes()
+    assert (run_one / scores).read_bytes() == (run_two / scores).read_bytes()
 
-    # parts of other settings (here: another seed) are discarded, not mixed in
+    # other settings (here: another seed) get their own parts folder: never mixed in, nothing discarded
     with one_thread():
         evaluate_run(run_one, progress=False, seed=1, **CLASSIFY)
-    assert all(p.stat().st_mtime_ns != t for p, t in stamps.items())
+    assert len(list((run_one / "parts").iterdir())) == 2
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
 
 
 def test_chunks_and_batch_slices_cover_everything_once():

@@ -220,3 +220,24 @@ def test_notes_below_the_mark_survive_a_regenerated_table(tmp_path):
     text = md.read_text()
     assert text.count(NOTES_MARK) == 1 and text.endswith("## What was run\nby hand\n")
     assert "| 2 |" in text.split(NOTES_MARK)[0]          # the regenerated table: two seeds now
+
+
+def test_markdown_names_the_figure_curves_and_says_when_one_seed_has_no_interval(tmp_path, monkeypatch):
+    import matplotlib.axes
+    from sgc.experiments import summarize_tables
+    kw = dict(splits=_two_digit_splits(), classifiers=("logreg",), n_boot=20, out_dir=tmp_path, figures_dir=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    run_experiment("digits", fractions=(25, 100), seeds=(0,), tag="one", data_root=tmp_path / "data", **kw)
+    labels = []
+    real = matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar",
+                        lambda self, *a, **k: labels.append(k.get("label")) or real(self, *a, **k))
+    summary = summarize_tables([tmp_path / "one.csv"], tmp_path / "curve", figures_dir=tmp_path / "figs")
+    text = (tmp_path / "curve.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| 25 ") or line.startswith("| 100 ")]
+    assert len(rows) == 2 and all("(1 seed)" in r and "[" not in r for r in rows)  # no [x, x] "interval"
+    (curve,) = set(summary["curve_id"])
+    assert labels and all(curve in label for label in labels)                      # the legend's id ...
+    assert all(f"| {curve} |" in r for r in rows)                                  # ... is in the table
+    config = pd.read_csv(tmp_path / "one.csv")["config"].iloc[0]
+    assert json.loads(config)["data_root"] == "data" and str(tmp_path) not in config   # recorded without machine path

@@ -14,10 +14,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 EXPECTED = ["01_data_exploration", "02_score_model_training", "03_likelihood_classification", "04_ablations",
-            "05_paper_figures"]
+            "05_paper_figures", "06_beyond_classification"]
 
 
-def test_the_five_notebooks_exist_in_pairs():
+def test_the_numbered_notebooks_exist_in_pairs():
     assert [p.stem for p in NOTEBOOKS] == EXPECTED
     for nb in NOTEBOOKS:
         assert nb.with_suffix(".py").exists(), f"{nb.name} has no jupytext .py pair"

@@ -20,22 +20,22 @@ def _sweep():
     return mod
 
 
-def _report():
-    spec = importlib.util.spec_from_file_location("recipe_report", REPO / "benchmarks" / "recipe_report.py")
+def _report(name="recipe_report"):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
 def test_recorded_command_names_no_machine_folder():
-    report = _report()
-    argv = ["--device", "cpu", "--data-root", "../shared/data/medmnist", "--runs-dir", str(REPO / "runs" / "x"),
+    report = _report("_command")
+    argv = ["--device", "cpu", "--data-root", "../data/medmnist", "--runs-dir", str(REPO / "runs" / "x"),
             "--out", "/elsewhere/deep/sweep", "--base-model", '{"channels": 16}']
-    cmd = report.public_command(argv)
-    assert "shared" not in cmd and "elsewhere" not in cmd and str(REPO) not in cmd
+    cmd = report.public_command(argv, "benchmarks/recipe_sweep.py")
+    assert "../data" not in cmd and "elsewhere" not in cmd and str(REPO) not in cmd
     assert "--data-root '<folder with breastmnist.npz>'" in cmd and "--runs-dir runs/x" in cmd
     assert "--out sweep" in cmd and """--base-model '{"channels": 16}'""" in cmd
-    assert "<folder with digits.npz>" in report.public_command(["--data-root=/d"], dataset="digits")
+    assert "<folder with digits.npz>" in report.public_command(["--data-root=/d"], "x.py", dataset="digits")
 
 
 def test_recipe_sweep_smoke_chooses_on_validation_pairs_by_seed_and_resumes(tmp_path):

@@ -106,6 +106,9 @@ def test_run_folder_records_provenance(tmp_path):
     assert prov["packages"]["torch"] and prov["packages"]["numpy"]
     assert prov["seeds"]["seed"] == 7 and prov["world_size"] == 1
     assert "git_revision" in prov and "python" in prov
-    digest, name = (tmp_path / "checkpoint.pt.sha256").read_text().split()
-    assert name == "checkpoint.pt" and len(digest) == 64
+    lines = [line.split() for line in (tmp_path / "checkpoint.pt.sha256").read_text().splitlines()]
+    assert [name for _, name in lines] == ["checkpoint.pt", "config.json"]  # sha256sum -c format
+    assert all(len(digest) == 64 for digest, _ in lines)
+    import hashlib
+    assert lines[1][0] == hashlib.sha256((tmp_path / "config.json").read_bytes()).hexdigest()
     assert np.isfinite(json.loads((tmp_path / "history.json").read_text())[-1]["loss"])

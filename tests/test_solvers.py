@@ -63,3 +63,11 @@ def test_unknown_precision_is_rejected():
     sde, model, x = _setup()
     with pytest.raises(ValueError, match="precision"):
         class_log_likelihoods(model, sde, x, precision="fp8")
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "heun2", "heun3", "rk4", "dpm1", "dpm2"])
+def test_an_nfe_budget_is_spent_exactly(method):
+    # steps = budget // evaluations per step of the method (sgc.solvers.FIXED_EVALS)
+    sde, model, x = _setup()
+    r = class_log_likelihoods(model, sde, x[:1], divergence_mode="exact", method=method, nfe_budget=24)
+    assert r.nfe == 24 and torch.isfinite(r.logp).all()

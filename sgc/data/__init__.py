@@ -1,7 +1,8 @@
 """Datasets as in-memory image sets with a common shape.
 
-Every loader returns ``dict[str, ImageSet]`` keyed by split name (``"train"``, ``"val"``,
-``"test"``). Images are float32 arrays of shape (N, C, H, W) with values in [0, 1];
+Where the files are: :func:`sgc.data.roots.resolve_root` (``--data-root``, else
+``$SGC_DATA/<folder>``, else a default per dataset). Every loader returns
+``dict[str, ImageSet]`` keyed by split name (``"train"``, ``"val"``, ``"test"``). Images are float32 arrays of shape (N, C, H, W) with values in [0, 1];
 ``levels`` records how many discrete intensity values the source stored (17 for
 scikit-learn's digits, 256 for 8-bit data, 4096 for 12-bit mammograms) so that
 likelihoods can be reported in bits/dim of the original data.
@@ -12,7 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ImageSet", "load_dataset", "DATASETS"]
+from .roots import resolve_root
+
+__all__ = ["ImageSet", "load_dataset", "DATASETS", "resolve_root"]
 
 
 @dataclass
@@ -63,6 +66,9 @@ class ImageSet:
 
 def load_dataset(name: str, root=None, **options) -> dict[str, ImageSet]:
     """Load a dataset by name. ``root`` is the folder holding its files (unused for digits).
+
+    ``root`` None follows the data-root rule of :mod:`sgc.data.roots`: ``$SGC_DATA/<folder>``
+    when ``SGC_DATA`` is set, else a default per dataset (``~/.medmnist`` for MedMNIST).
 
     Returns {"train", "val", "test"} ImageSets (digits: val only with ``val_size``). Options are
     the loader's keywords, e.g. ``size=32``; see :mod:`sgc.data.loaders` and ``data/README.md``.

@@ -9,11 +9,14 @@ Layout of one cache, ``<cache_dir>/<settings hash>/``::
     errors.csv       image_id, path, error: every image that could not be cached, and why
     complete.json    written last; without it the cache is not used
 
-Pixels depend only on (path, lesion box / ROI, settings), so labels are never stored here:
+Pixels depend only on (the source file, lesion box / ROI, settings), so labels are never stored here:
 :func:`sgc.data.manifest.image_sets_from_manifest` joins a caller's manifest to the cache by
-``image_id``. Re-running with the same settings skips finished images; other settings hash
-to another folder, so a changed setting rebuilds. A cache is marked complete only after
-every array and table was written (atomically, via a temporary name).
+``image_id``. Each source file is keyed by its size and modification time (``source_size``,
+``source_mtime_ns`` in manifest.csv): re-running with the same settings skips finished images
+whose file is unchanged and decodes again a file that was fixed or replaced. Other settings
+hash to another folder, so a changed setting rebuilds. A cache is marked complete only after
+every array and table was written (atomically, via a temporary name). Images left out (listed
+in errors.csv) are reported with a warning every time the cache is built or reused.
 """
 from __future__ import annotations
 
@@ -30,16 +33,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
+from ..errors import SgcError
+from ..fileio import atomic_path, atomic_write_text
+from ..progress import tqdm
 from .preprocess import PreprocessSettings, preprocess, settings_hash
 
 __all__ = ["CacheError", "CacheResult", "build_cache", "open_cache", "read_source_image"]
 
 PIXEL_COLUMNS = ("image_id", "path", "lesion_box", "roi_paths", "laterality")  # columns that change the pixels
+STAT_COLUMNS = ("source_size", "source_mtime_ns")  # the source file's identity: a fixed file is read again
 
 
-class CacheError(RuntimeError):
+class CacheError(SgcError, RuntimeError):
     """The cache could not be built (strict mode with unreadable files, or nothing readable)."""
 
 
@@ -110,23 +116,53 @@ def _process(row: dict, settings_dict: dict, items: str) -> tuple[str, dict | No
         np.save(key + ".tmp.npy", q, allow_pickle=False)
         os.replace(key + ".tmp.npy", key + ".npy")
         with open(key + ".tmp.json", "w") as fh:
-            json.dump({"image_id": image_id, "path": str(row["path"]), **facts}, fh)
+            json.dump({"image_id": image_id, "path": str(row["path"]), **facts,
+                       **{c: int(row[c]) for c in STAT_COLUMNS}}, fh)
         os.replace(key + ".tmp.json", key + ".json")
         return image_id, facts, None
     except Exception as exc:  # every failure is reported with its reason, never dropped silently
         return image_id, None, f"{type(exc).__name__}: {exc}"
 
 
+def _with_stats(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The manifest with each source file's size and mtime (ns); -1 for a file that is not there."""
+    sizes, mtimes = [], []
+    for path in manifest["path"].astype(str):
+        try:
+            st = os.stat(path)
+            sizes.append(st.st_size)
+            mtimes.append(st.st_mtime_ns)
+        except OSError:
+            sizes.append(-1)
+            mtimes.append(-1)
+    return manifest.assign(source_size=sizes, source_mtime_ns=mtimes)
+
+
 def _manifest_hash(manifest: pd.DataFrame) -> str:
-    cols = [c for c in PIXEL_COLUMNS if c in manifest.columns]
+    cols = [c for c in (*PIXEL_COLUMNS, *STAT_COLUMNS) if c in manifest.columns]
     text = manifest[cols].astype(str).sort_values("image_id").to_csv(index=False)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _same_source(facts: dict, row: dict) -> bool:
+    """The cached item came from this row's file as it is now (same path, size and mtime)."""
+    return str(facts.get("path")) == str(row["path"]) and all(
+        str(facts.get(c)) == str(int(row[c])) for c in STAT_COLUMNS)
+
+
+def _item_is_current(items: Path, row: dict) -> bool:
+    key = items / _key(row["image_id"])
+    if not (key.with_suffix(".npy").exists() and key.with_suffix(".json").exists()):
+        return False
+    try:
+        return _same_source(json.loads(key.with_suffix(".json").read_text()), row)
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def _atomic_csv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(".tmp.csv")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def build_cache(manifest: pd.DataFrame, cache_dir, *, settings: PreprocessSettings = PreprocessSettings(),
@@ -147,12 +183,15 @@ def build_cache(manifest: pd.DataFrame, cache_dir, *, settings: PreprocessSettin
         raise CacheError(f"image_id must be unique in the manifest; duplicated: {dup}")
     root = Path(cache_dir) / settings_hash(settings)
     items = root / "items"
+    manifest = _with_stats(manifest)
     mhash = _manifest_hash(manifest)
     done = root / "complete.json"
     if done.exists():
         meta = json.loads(done.read_text())
         if meta.get("manifest_hash") == mhash:
             errors = pd.read_csv(root / "errors.csv", dtype=str) if meta["n_errors"] else pd.DataFrame()
+            if len(errors):  # reported on every use, not only when the cache was built
+                warnings.warn(_error_text(errors, root) + "; they are left out of the cache", stacklevel=2)
             return CacheResult(root, meta["n_images"], meta["n_errors"], 0, meta["n_images"],
                                time.perf_counter() - start, errors)
     items.mkdir(parents=True, exist_ok=True)
@@ -162,8 +201,7 @@ def build_cache(manifest: pd.DataFrame, cache_dir, *, settings: PreprocessSettin
         done.unlink()  # from here on the folder is in progress until complete.json is rewritten
 
     rows = manifest.to_dict("records")
-    todo = [r for r in rows if not (items / f"{_key(r['image_id'])}.npy").exists()
-            or not (items / f"{_key(r['image_id'])}.json").exists()]
+    todo = [r for r in rows if not _item_is_current(items, r)]
     n_reused = len(rows) - len(todo)
     errors, workers = [], workers or os.cpu_count() or 1
     bar = tqdm(total=len(todo), desc=f"caching {root.name}", unit="img", disable=not progress)
@@ -196,9 +234,7 @@ def build_cache(manifest: pd.DataFrame, cache_dir, *, settings: PreprocessSettin
     n_images = _assemble(root, items, manifest, set(errors_df["image_id"]))
     meta = {"settings_hash": settings_hash(settings), "manifest_hash": mhash, "n_images": n_images,
             "n_errors": len(errors_df), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    tmp = root / "complete.tmp.json"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, done)
+    atomic_write_text(done, json.dumps(meta, indent=1))
     shutil.rmtree(items, ignore_errors=True)
     if len(errors_df):
         warnings.warn(_error_text(errors_df, root) + "; they are left out of the cache", stacklevel=2)
@@ -213,15 +249,19 @@ def _error_text(errors: pd.DataFrame, root: Path) -> str:
 
 
 def _reuse_previous(root: Path, items: Path, manifest: pd.DataFrame) -> int:
-    """Copy rows of an earlier complete cache (same settings) whose id and path are unchanged."""
+    """Copy rows of an earlier complete cache (same settings) whose id, path and source file
+    (size, mtime) are unchanged; a cache of an older layout without file stats is not reused."""
     if not (root / "complete.json").exists():
         return 0
     old = pd.read_csv(root / "manifest.csv", dtype={"image_id": str, "path": str})
+    if not set(STAT_COLUMNS) <= set(old.columns):
+        return 0
     images = np.load(root / "images.npy", mmap_mode="r", allow_pickle=False)
-    wanted = dict(zip(manifest["image_id"].astype(str), manifest["path"].astype(str)))
+    wanted = {str(r["image_id"]): r for r in manifest.to_dict("records")}
     n = 0
     for rec in old.to_dict("records"):
-        if wanted.get(rec["image_id"]) != rec["path"]:
+        row = wanted.get(rec["image_id"])
+        if row is None or not _same_source(rec, row):
             continue
         key = items / _key(rec["image_id"])
         np.save(str(key) + ".npy", np.asarray(images[int(rec["index"]), 0], dtype=np.uint16), allow_pickle=False)
@@ -236,13 +276,12 @@ def _assemble(root: Path, items: Path, manifest: pd.DataFrame, failed: set) -> i
     facts = [json.loads((items / f"{_key(i)}.json").read_text()) for i in ids]
     first = np.load(items / f"{_key(ids[0])}.npy", allow_pickle=False)
     dtype = np.uint8 if max(f["bits"] for f in facts) <= 8 else np.uint16
-    tmp = root / "images.tmp.npy"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(ids), 1, *first.shape))
-    for k, image_id in enumerate(ids):
-        out[k, 0] = np.load(items / f"{_key(image_id)}.npy", allow_pickle=False)
-    out.flush()
-    del out
-    os.replace(tmp, root / "images.npy")
+    with atomic_path(root / "images.npy") as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(ids), 1, *first.shape))
+        for k, image_id in enumerate(ids):
+            out[k, 0] = np.load(items / f"{_key(image_id)}.npy", allow_pickle=False)
+        out.flush()
+        del out
     table = pd.DataFrame(facts)
     table["index"] = np.arange(len(ids))
     for col in table.columns:  # lists (crop boxes) as JSON text so the CSV round-trips

@@ -125,7 +125,7 @@ def index_dicoms(root, *, progress: bool = False) -> pd.DataFrame:
 
     Unreadable files are listed with ``error`` set instead of being skipped silently.
     """
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
     tags = ["PatientID", "SeriesInstanceUID", "SeriesDescription", "Rows", "Columns"]
     records = []
     for path in tqdm(sorted(Path(root).rglob("*.dcm")), desc="reading DICOM headers", disable=not progress):

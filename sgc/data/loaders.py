@@ -2,7 +2,8 @@
 
 Every mammography loader takes the same keywords:
 
-- ``root``: the source's folder (see ``data/README.md``); ``size``: output side in pixels;
+- ``root``: the source's folder (see ``data/README.md``); None follows the data-root rule of
+  :mod:`sgc.data.roots` (``$SGC_DATA/<folder>``, else a default); ``size``: output side in pixels;
 - ``level``: "image" (whole breast) or "lesion" (patches around lesions, where the source has them);
 - ``cache_dir`` (default ``$SGC_CACHE`` or ``~/.cache/sgc``), ``workers``, ``strict``, ``progress``;
 - ``val_fraction``, ``seed``: validation carved from train by group when the source has none;
@@ -10,18 +11,33 @@ Every mammography loader takes the same keywords:
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from pathlib import Path
+
 from . import ImageSet
 from .manifest import image_sets_from_manifest
 from .preprocess import PreprocessSettings
+from .roots import not_found, resolve_root, with_rule
 
 __all__ = ["load_breastmnist", "load_medmnist_set", "load_mini_mias", "load_cbis_ddsm", "load_inbreast",
            "load_vindr_mammo"]
 
 
-def _need_root(root, source: str):
-    if root is None:
-        raise ValueError(f"{source}: pass root=<folder with the {source} files> (see data/README.md)")
-    return root
+def _root(root, dataset: str) -> Path:
+    """The dataset's folder by the data-root rule; FileNotFoundError stating the rule when absent."""
+    path = resolve_root(dataset, root)
+    if not path.is_dir():
+        raise FileNotFoundError(not_found(dataset, root))
+    return path
+
+
+@contextmanager
+def _rule_on_missing(root, dataset: str):
+    """Add the folder looked in and the data-root rule to a source's own "not found" error."""
+    try:
+        yield
+    except FileNotFoundError as err:
+        raise FileNotFoundError(with_rule(dataset, root, err)) from None
 
 
 def _cached(manifest, *, source, class_names, size, level, cache_dir, workers, strict, progress,
@@ -53,8 +69,10 @@ def load_mini_mias(root=None, *, size: int = 256, label_rule: str = "benign_mali
                    preprocess: dict | None = None) -> dict[str, ImageSet]:
     """mini-MIAS images or lesion patches; film-pair grouped splits (8-bit, levels 256)."""
     from .mini_mias import LABEL_RULES, mini_mias_manifest
-    manifest = mini_mias_manifest(_need_root(root, "mini_mias"), label_rule=label_rule, level=level,
-                                  missing=missing, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
+    folder = _root(root, "mini_mias")
+    with _rule_on_missing(root, "mini_mias"):
+        manifest = mini_mias_manifest(folder, label_rule=label_rule, level=level, missing=missing,
+                                      test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
     return _cached(manifest, source="mini_mias", class_names=LABEL_RULES[label_rule], size=size, level=level,
                    cache_dir=cache_dir, workers=workers, strict=strict, progress=progress,
                    val_fraction=val_fraction, seed=seed, preprocess=preprocess)
@@ -66,8 +84,10 @@ def load_cbis_ddsm(root=None, *, size: int = 256, abnormality: str = "mass", lev
                    preprocess: dict | None = None) -> dict[str, ImageSet]:
     """CBIS-DDSM full images or ROI patches; official train/test, val carved by patient."""
     from .cbis_ddsm import CLASS_NAMES, cbis_ddsm_manifest
-    manifest = cbis_ddsm_manifest(_need_root(root, "cbis_ddsm"), abnormality=abnormality, level=level,
-                                  missing=missing, dicom_root=dicom_root, progress=progress)
+    folder = _root(root, "cbis_ddsm")
+    with _rule_on_missing(root, "cbis_ddsm"):
+        manifest = cbis_ddsm_manifest(folder, abnormality=abnormality, level=level,
+                                      missing=missing, dicom_root=dicom_root, progress=progress)
     return _cached(manifest, source=f"cbis_ddsm_{abnormality}", class_names=CLASS_NAMES, size=size, level=level,
                    cache_dir=cache_dir, workers=workers, strict=strict, progress=progress,
                    val_fraction=val_fraction, seed=seed, preprocess=preprocess)
@@ -79,9 +99,11 @@ def load_inbreast(root=None, *, size: int = 256, malignant_birads=("4a", "4b", "
                   preprocess: dict | None = None) -> dict[str, ImageSet]:
     """INbreast full images; Bi-Rads rule recorded; splits grouped by DICOM PatientID."""
     from .inbreast import CLASS_NAMES, inbreast_manifest
-    manifest = inbreast_manifest(_need_root(root, "inbreast"), malignant_birads=malignant_birads,
-                                 drop_birads=drop_birads, missing=missing, test_fraction=test_fraction,
-                                 val_fraction=val_fraction, seed=seed)
+    folder = _root(root, "inbreast")
+    with _rule_on_missing(root, "inbreast"):
+        manifest = inbreast_manifest(folder, malignant_birads=malignant_birads,
+                                     drop_birads=drop_birads, missing=missing, test_fraction=test_fraction,
+                                     val_fraction=val_fraction, seed=seed)
     return _cached(manifest, source="inbreast", class_names=CLASS_NAMES, size=size, level="image",
                    cache_dir=cache_dir, workers=workers, strict=strict, progress=progress,
                    val_fraction=val_fraction, seed=seed, preprocess=preprocess)
@@ -93,8 +115,10 @@ def load_vindr_mammo(root=None, *, size: int = 256, level: str = "image", malign
                      preprocess: dict | None = None) -> dict[str, ImageSet]:
     """VinDr-Mammo images (breast-level CSV) or finding patches; official split, val by study."""
     from .vindr_mammo import CLASS_NAMES, vindr_manifest
-    manifest = vindr_manifest(_need_root(root, "vindr_mammo"), level=level, malignant_birads=malignant_birads,
-                              drop_birads=drop_birads, missing=missing)
+    folder = _root(root, "vindr_mammo")
+    with _rule_on_missing(root, "vindr_mammo"):
+        manifest = vindr_manifest(folder, level=level, malignant_birads=malignant_birads,
+                                  drop_birads=drop_birads, missing=missing)
     return _cached(manifest, source="vindr_mammo", class_names=CLASS_NAMES, size=size, level=level,
                    cache_dir=cache_dir, workers=workers, strict=strict, progress=progress,
                    val_fraction=val_fraction, seed=seed, preprocess=preprocess)

@@ -1,7 +1,8 @@
 """MedMNIST 2-D sets (BreastMNIST first) from their official ``.npz`` files.
 
 File layout: ``<root>/<flag>.npz`` (28x28) or ``<root>/<flag>_<res>.npz`` (MedMNIST+, 64, 128,
-224) with keys ``{train,val,test}_images`` uint8 (N, H, W) or (N, H, W, 3) and
+224); ``root`` None follows the data-root rule (:mod:`sgc.data.roots`: ``$SGC_DATA/medmnist``, else
+``~/.medmnist``) with keys ``{train,val,test}_images`` uint8 (N, H, W) or (N, H, W, 3) and
 ``{train,val,test}_labels`` uint8 (N, 1). The official splits are used as they are.
 
 **BreastMNIST's labels are inverted** relative to the usual convention: in the file
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
 from . import ImageSet
+from .roots import not_found, resolve_root
 
 __all__ = ["load_medmnist", "MEDMNIST_2D"]
 
@@ -42,7 +45,8 @@ MEDMNIST_2D = {
 
 def _npz_path(root, flag: str, resolution: int, download: bool) -> Path:
     name = f"{flag}.npz" if resolution == 28 else f"{flag}_{resolution}.npz"
-    path = Path(root if root is not None else Path.home() / ".medmnist") / name
+    dataset = "breastmnist" if flag == "breastmnist" else "medmnist"   # the same folder either way
+    path = resolve_root(dataset, root) / name
     if path.exists():
         return path
     if download:
@@ -54,8 +58,27 @@ def _npz_path(root, flag: str, resolution: int, download: bool) -> Path:
         cls = getattr(medmnist, medmnist.INFO[flag]["python_class"])
         cls(split="train", download=True, root=str(path.parent), size=resolution)
         return path
-    raise FileNotFoundError(f"{path} not found. Put the official MedMNIST file there, or pass "
+    raise FileNotFoundError(f"{not_found(dataset, root, name)} Put the official MedMNIST file there, or pass "
                             "download=True (needs the `medmnist` package and internet).")
+
+
+def _to_unit(x: np.ndarray, path, key: str) -> np.ndarray:
+    """float32 in [0, 1]: integer data (the official uint8 files) / 255; float data kept as it
+    is when it already lies in [0, 1] (a file someone normalised), else DataError naming the file."""
+    if np.issubdtype(x.dtype, np.integer):
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise DataError(f"{path}: {key} holds integers in [{x.min()}, {x.max()}], not 8-bit values 0..255. "
+                            f"Use the official MedMNIST file, or scale the images to 0..255")
+        return x.astype(np.float32) / 255.0
+    if np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float32)
+        if x.size and not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
+            finite = x[np.isfinite(x)]
+            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (np.nan, np.nan)
+            raise DataError(f"{path}: {key} is floating point with values in [{lo:.4g}, {hi:.4g}] (or NaN/inf), "
+                            f"not [0, 1]. Store uint8 0..255 (as the official files) or floats in [0, 1]")
+        return x
+    raise DataError(f"{path}: {key} has dtype {x.dtype}; expected uint8 (0..255) or floats in [0, 1]")
 
 
 def _fit(x: np.ndarray, size: int | None) -> np.ndarray:
@@ -75,7 +98,8 @@ def load_medmnist(flag: str = "breastmnist", root=None, *, size: int | None = No
                   resolution: int = 28, download: bool = False) -> dict[str, ImageSet]:
     """Official train / val / test of one MedMNIST 2-D set as ImageSets.
 
-    Images float32 (N, C, size, size) in [0, 1] (value / 255, ``levels`` = 256; C = 1 or 3).
+    Images float32 (N, C, size, size) in [0, 1] (uint8 value / 255, ``levels`` = 256; C = 1 or 3;
+    a file that already stores floats in [0, 1] is taken as it is).
     ``size`` larger than the file's side pads with zeros (28 -> 32 keeps every pixel); smaller
     resizes. ``resolution`` picks the MedMNIST+ file (28, 64, 128 or 224).
     BreastMNIST: labels remapped to 0 = benign (normal or benign), 1 = malignant.
@@ -99,7 +123,7 @@ def load_medmnist(flag: str = "breastmnist", root=None, *, size: int | None = No
                     raise ValueError(f"{path}: key {key!r} missing (has {data.files}); is this a MedMNIST file?")
             images = data[f"{split}_images"]
             x = images[:, None] if images.ndim == 3 else np.moveaxis(images, -1, 1)
-            x = _fit(x.astype(np.float32) / 255.0, size)
+            x = _fit(_to_unit(x, path, f"{split}_images"), size)
             y = data[f"{split}_labels"].reshape(len(images), -1)
             if y.shape[1] != 1:
                 raise ValueError(f"{path}: labels have {y.shape[1]} columns; expected one (single-label)")
