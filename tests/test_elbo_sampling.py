@@ -104,3 +104,29 @@ def test_bad_sampling_options_are_refused():
         elbo_class_scores(model, SDE, x, n_draws=8, noise_sampling="qmc")
     with pytest.raises(ValueError, match="even"):
         elbo_class_scores(model, SDE, x, n_draws=7, noise_sampling="antithetic")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device"))])
+def test_graphed_bound_keeps_sobol_antithetic_draws_and_elimination(device):
+    # the graphed network evaluation (a CUDA graph per batch shape; on the CPU the same buffers, eager)
+    # must see exactly the draws of the eager path: Sobol t, antithetic noise, elimination rounds
+    from sgc import graphs
+    from sgc.nets import build_model
+    torch.manual_seed(0)
+    model = build_model({"arch": "mlp", "num_classes": 3, "in_channels": 1, "image_size": 4, "hidden": 16,
+                         "blocks": 1, "emb_dim": 8}).to(device).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    kw = dict(n_draws=16, t_sampling="sobol", noise_sampling="antithetic", eliminate=True, first_round=4,
+              eliminate_z=0.5, stop_when_decided=True, max_batch=24)
+    eager = elbo_class_scores(model, SDE, x, generator=torch.Generator().manual_seed(7), **kw)
+    graphs.clear_cache()
+    fast = elbo_class_scores(model, SDE, x, generator=torch.Generator().manual_seed(7), compile="graph", **kw)
+    assert graphs._CACHE and (device == "cpu" or all(g.graphed for g in graphs._CACHE.values()))
+    assert torch.equal(fast.draws, eager.draws) and torch.equal(fast.alive, eager.alive)
+    assert (eager.draws < 16).any()                                   # elimination did take draws away
+    tol = 0 if device == "cpu" else 1e-3
+    torch.testing.assert_close(fast.logp, eager.logp, rtol=0, atol=tol)
