@@ -274,8 +274,10 @@ def main(argv=None):
     ap.add_argument("--budget-s", type=float, default=470, help="wall-clock cap of the call, s")
     ap.add_argument("--choice-budget-s", type=float, default=None, help="cap of stage 1, s (default: --budget-s)")
     ap.add_argument("--min-task-s", type=float, default=30, help="start no task with less than this left, s")
-    ap.add_argument("--runs-dir", default="runs/recipe_sweep", help="task run folders (relative: to the repo)")
-    ap.add_argument("--out", default="reports/benchmarks/recipe_sweep", help="<out>.json and <out>.md")
+    ap.add_argument("--runs-dir", default=None, help="task run folders, relative to the repo (default "
+                                                     "runs/recipe_sweep; --smoke: runs/recipe_sweep_smoke)")
+    ap.add_argument("--out", default=None, help="<out>.json and <out>.md (default reports/benchmarks/recipe_sweep; "
+                                                "--smoke: runs/recipe_sweep_smoke/report, ignored by git)")
     ap.add_argument("--baseline-predictions", nargs="*", default=[],
                     help="globs of per-image probability CSVs <name>_s<seed>.csv (sgc experiment)")
     ap.add_argument("--smoke", action="store_true", help="CPU, two-class digits, tiny MLP, 2 recipes")
@@ -283,7 +285,10 @@ def main(argv=None):
     ap.add_argument("--task-seed", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.argv = argv
-    args.runs_dir, args.out = str(REPO / args.runs_dir), str(REPO / args.out)   # absolute stay absolute
+    smoke_or = (lambda smoke, real: smoke if args.smoke else real)   # --smoke writes nothing under reports/
+    args.runs_dir = str(REPO / (args.runs_dir or smoke_or("runs/recipe_sweep_smoke", "runs/recipe_sweep")))
+    args.out = str(REPO / (args.out or smoke_or("runs/recipe_sweep_smoke/report", "reports/benchmarks/recipe_sweep")))
+    # (absolute paths stay absolute)
     if args.smoke:
         args.device, args.draws, args.bins, args.cv_repeats = "cpu", 16, 4, 2
         args.candidates = [c for c in args.candidates if c in ("base", "cosine")] or ["base", "cosine"]
