@@ -26,8 +26,8 @@ GPU run (PENDING: no GPU here, nothing below is measured), ONE call, hard cap 7.
                                'reports/tables/breastmnist_results_predictions/resnet18_8db6cf31_s*.csv'
 
 UNet 32 channels, mults 1-2-2 (the authors' model size), 32 px, batch 128, 3,000 steps per task,
-bf16, the training engine of ``TrainConfig.compile`` (after the GPU-engine merge its default
-"auto" is one CUDA graph per step on one GPU); 256 bound draws per image x class. Planned
+bf16, the training engine of ``TrainConfig.compile`` (its default "auto" is one CUDA graph per
+step on one GPU, ``sgc.step``); 256 bound draws per image x class. Planned
 minutes, ASSUMING about 100 training steps/s for this model on one H100/H200 (the graphed
 engine's target, >= 4x its eager rate; not measured yet) and that tasks sharing the GPU add up
 rather than overlap:
