@@ -316,7 +316,7 @@ plt.show()
 #
 # `sgc export --run-dir RUN --out DIR` writes the EMA weights as safetensors (tensors only: loading
 # never unpickles), the config, the preprocessing recipe, the OOD calibration, the metrics and a
-# model card; `ScoreClassifier.load(DIR)` and `sgc predict --model DIR` use it. The loaded model
+# model card; `ScoreClassifier.load(DIR)` and `sgc predict --export DIR` use it. The loaded model
 # predicts exactly what the run folder predicts.
 
 # %%

@@ -2,7 +2,7 @@
 
     sgc calibrate --run-dir R [--split val] [--estimator ode] [--false-alarm 0.05]
     sgc predict   --run-dir R  FILE|FOLDER|GLOB ... [--out predictions.csv] [--panels DIR]
-    sgc predict   --model DIR  FILE ...
+    sgc predict   --export DIR  FILE ...
     sgc export    --run-dir R --out DIR
     sgc ood-study --run-dir R [--mini-mias-root D] [--cbis-ddsm-root D] [--tag ood_breastmnist]
     sgc counterfactual-study --run-dir R [--t-star 0.2 0.4 0.6] [--n 100] [--tag counterfactuals_digits]
@@ -44,7 +44,7 @@ def add_parsers(command) -> None:
                                        "with a run folder or an export; OOD scores and flags")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run-dir", help="trained run folder")
-    src.add_argument("--model", help="export folder written by sgc export")
+    src.add_argument("--export", help="export folder written by sgc export")
     p.add_argument("files", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--out", default=None, help="predictions .csv or .json (default: CSV on stdout)")
     p.add_argument("--panels", default=None, help="folder for one PNG panel per image")
@@ -55,25 +55,26 @@ def add_parsers(command) -> None:
 
     p = sub_parser("calibrate", help="classify the validation split and set the OOD thresholds "
                                          "(ood_calibration.json in the run folder)")
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--split", default="val")
+    p.add_argument("--run-dir", required=True, help="trained run folder (the thresholds are written into it)")
+    p.add_argument("--split", default="val", help="split whose images set the thresholds (never the test split)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
     p.add_argument("--false-alarm", type=float, default=0.05, help="fraction of in-distribution images flagged")
-    p.add_argument("--compressor", default="png", choices=["png", "zlib", "lzma"])
+    p.add_argument("--compressor", default="png", choices=["png", "zlib", "lzma"],
+                   help="codec of the complexity correction (bits of the compressed image)")
     p.add_argument("--default-score", default="complexity", choices=["complexity", "bpd"],
                    help="the score behind ood_flag")
     p.add_argument("--data-root", default=None, help="override the data folder recorded in the run")
     _estimator_args(p, "ode")
 
     p = sub_parser("export", help="weights (safetensors), config, preprocessing, OOD calibration, model card")
-    p.add_argument("--run-dir", required=True)
+    p.add_argument("--run-dir", required=True, help="trained run folder to export")
     p.add_argument("--out", required=True, help="export folder")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the model card's intervals")
 
     p = sub_parser("ood-study", help="AUROC of the OOD scores: the test split against real and synthetic "
                                          "out-of-distribution sets (needs sgc calibrate first)")
-    p.add_argument("--run-dir", required=True)
+    p.add_argument("--run-dir", required=True, help="calibrated run folder")
     p.add_argument("--mini-mias-root", default=None, help="folder with mini-MIAS .pgm films (patches are cut)")
     p.add_argument("--cbis-ddsm-root", default=None, help="folder with CBIS-DDSM .dcm files")
     p.add_argument("--data-root", default=None, help="override the data folder recorded in the run")
@@ -81,30 +82,31 @@ def add_parsers(command) -> None:
     _study_args(p, "ood")
 
     p = sub_parser("counterfactual-study", help="SDEdit counterfactuals of test images: flip rate and L2 per t*")
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--t-star", nargs="+", type=float, default=[0.2, 0.4, 0.6])
+    p.add_argument("--run-dir", required=True, help="trained run folder")
+    p.add_argument("--t-star", nargs="+", type=float, default=[0.2, 0.4, 0.6],
+                   help="noise levels (diffusion times in (0, 1]) the images are pushed to before the reverse run")
     p.add_argument("--n", type=int, default=100, help="first N test images")
-    p.add_argument("--sampler", default="sde", choices=["sde", "ode"])
-    p.add_argument("--steps", type=int, default=500, help="reverse steps over the whole [eps, T]")
+    p.add_argument("--sampler", default="sde", choices=["sde", "ode"], help="reverse-time sampler")
+    p.add_argument("--sampler-steps", type=int, default=500, help="reverse steps over the whole [eps, T]")
     _options_args(p, "of the bound that classifies the counterfactuals; default n_draws=64")
-    p.add_argument("--data-root", default=None)
+    p.add_argument("--data-root", default=None, help="override the data folder recorded in the run")
     _study_args(p, "counterfactuals")
 
     p = sub_parser("evidence-study", help="evidence maps: randomisation check, deletion / insertion curves")
-    p.add_argument("--run-dir", required=True)
+    p.add_argument("--run-dir", required=True, help="trained run folder")
     p.add_argument("--n", type=int, default=100, help="first N test images")
     p.add_argument("--draws", type=int, default=64, help="paired draws per evidence map")
-    p.add_argument("--steps", type=int, default=16, help="points of the deletion / insertion curves")
+    p.add_argument("--curve-points", type=int, default=16, help="points of the deletion / insertion curves")
     _options_args(p, "of the bound that scores p(a | x) on the curves; default n_draws=64")
-    p.add_argument("--data-root", default=None)
+    p.add_argument("--data-root", default=None, help="override the data folder recorded in the run")
     _study_args(p, "evidence")
 
 
 def _study_args(p, tag):
     p.add_argument("--reports-dir", default="reports",
                    help="tables/<tag>.md, .csv and .json and figures/<tag>.png go here")
-    p.add_argument("--tag", default=tag)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default=tag, help="file name of the table and figure")
+    p.add_argument("--seed", type=int, default=0, help="seeds the image choice and the noise draws")
 
 
 def run(args) -> int:
@@ -128,14 +130,14 @@ def run(args) -> int:
     if args.command == "evidence-study":
         from .explain import run_evidence_study
         table = run_evidence_study(args.run_dir, out_dir=tables, figures_dir=figures, tag=args.tag,
-                                   n=args.n, n_draws=args.draws, steps=args.steps, estimator_options=options,
+                                   n=args.n, n_draws=args.draws, steps=args.curve_points, estimator_options=options,
                                    seed=args.seed, data_root=args.data_root)
         print(f"{len(table)} rows -> {tables}/{args.tag}.md")
         return 0
     if args.command == "counterfactual-study":
         from .counterfactual import run_counterfactual_study
         table = run_counterfactual_study(args.run_dir, out_dir=tables, figures_dir=figures, tag=args.tag,
-                                         t_stars=args.t_star, n=args.n, sampler=args.sampler, steps=args.steps,
+                                         t_stars=args.t_star, n=args.n, sampler=args.sampler, steps=args.sampler_steps,
                                          estimator_options=options, seed=args.seed, data_root=args.data_root)
         print(f"{len(table)} rows -> {tables}/{args.tag}.md")
         return 0
@@ -152,7 +154,7 @@ def run(args) -> int:
         return 0
     from .classify import ScoreClassifier
     from .predict import predict_files, write_predictions
-    clf = (ScoreClassifier.load(args.model, device=args.device, batch_size=args.batch_size) if args.model else
+    clf = (ScoreClassifier.load(args.export, device=args.device, batch_size=args.batch_size) if args.export else
            ScoreClassifier.from_run(args.run_dir, device=args.device, batch_size=args.batch_size))
     boxes = None
     if args.box:

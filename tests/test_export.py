@@ -37,7 +37,7 @@ def test_export_load_predict_equals_the_run_folder(exported, tmp_path):
     loaded = ScoreClassifier.load(model_dir, progress=False).predict_files(files, **kw)
     assert (from_run["estimator"] == "elbo").all() and from_run["ood_flag"].notna().all()
     pd.testing.assert_frame_equal(from_run.drop(columns=["seconds"]), loaded.drop(columns=["seconds"]))
-    assert main(["predict", "--model", str(model_dir), str(files), "--out", str(tmp_path / "p.csv"),
+    assert main(["predict", "--export", str(model_dir), str(files), "--out", str(tmp_path / "p.csv"),
                  "--options", "n_draws=8"]) == 0
     cli = pd.read_csv(tmp_path / "p.csv")
     np.testing.assert_allclose(cli[[f"p_{k}" for k in range(10)]].to_numpy(),

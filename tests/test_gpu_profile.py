@@ -40,3 +40,25 @@ def test_gpu_profile_smoke_runs_every_stage_and_resumes(tmp_path, capsys):
     gpu_profile.main(["--smoke", "--out", str(tmp_path), "--threads", "1", "--stages", "eval", "bound"])
     torch.set_num_threads(threads)
     assert capsys.readouterr().out.count("skipped") == 2
+
+
+def test_gpu_must_show_smoke_runs_every_stage_on_the_cpu(tmp_path, shared_data_dir):
+    """The prepared GPU call (benchmarks/gpu_must_show.sh) with --smoke: every stage writes its
+    JSON and the summary reads them; a second call skips the finished stages (resumable)."""
+    import os
+    import subprocess
+    if not (shared_data_dir / "medmnist" / "breastmnist.npz").exists():
+        import pytest
+        pytest.skip("medmnist/breastmnist.npz not in the test data")
+    env = {**os.environ, "SGC_DATA": str(shared_data_dir), "OUT": str(tmp_path), "PY": sys.executable}
+    run = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_must_show.sh"), "--smoke"], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "FAILED" not in run.stdout and "stopped at its cap" not in run.stdout, run.stdout[-3000:]
+    for name in ["gpu_profile.json", "likelihood_32.json", "classify_32.json", "likelihood_16.json",
+                 "classify_16.json"]:
+        assert (tmp_path / name).exists(), (name, run.stdout[-3000:])
+    assert "exact ODE" in run.stdout and "incomplete" not in run.stdout, run.stdout[-3000:]
+    again = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_must_show.sh"), "--smoke"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "1. train" not in again.stdout and "3. every estimator" not in again.stdout

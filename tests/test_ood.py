@@ -77,20 +77,20 @@ def test_calibrate_run_then_predict_flags_noise_not_digits(tmp_path):
 def test_ood_and_counterfactual_studies_write_tables_naming_their_run(tmp_path):
     from sgc.cli import main
     run = copy_run(digits_run(), tmp_path / "digits-run")
-    out, figs = tmp_path / "tables", tmp_path / "figures"
-    assert main(["calibrate", "--run-dir", str(run), "--estimator", "elbo", "--options", "n_draws=4"]) == 0
-    assert main(["ood-study", "--run-dir", str(run), "--n", "8", "--out-dir", str(out), "--figures-dir", str(figs),
+    out, figs = tmp_path / "tables", tmp_path / "figures"       # --reports-dir: tables/ and figures/
+    assert main(["calibrate", "--run-dir", str(run), "--estimator", "elbo", "--set", "estimator_options.n_draws=4"]) == 0
+    assert main(["ood-study", "--run-dir", str(run), "--n", "8", "--reports-dir", str(tmp_path),
                  "--tag", "ood_digits"]) == 0
     rows = json.loads((out / "ood_digits.json").read_text())["rows"]
     assert {r["run"] for r in rows} == {"digits-run"} and rows[0]["set"] == "test (in distribution)"
     noise = [r for r in rows if r["set"] == "uniform noise"][0]
     assert noise["bpd_auroc_lo"] <= noise["bpd_auroc"] <= noise["bpd_auroc_hi"] and noise["n"] == 8
     assert "| uniform noise | 8 |" in (out / "ood_digits.md").read_text() and (figs / "ood_digits.png").exists()
-    assert main(["counterfactual-study", "--run-dir", str(run), "--n", "6", "--t-star", "0.3", "--steps", "50",
-                 "--options", "n_draws=4", "--out-dir", str(out), "--figures-dir", str(figs), "--tag", "cf"]) == 0
+    assert main(["counterfactual-study", "--run-dir", str(run), "--n", "6", "--t-star", "0.3", "--sampler-steps", "50",
+                 "--options", "n_draws=4", "--reports-dir", str(tmp_path), "--tag", "cf"]) == 0
     table = pd.read_csv(out / "cf.csv")
     assert len(table) == 2 and set(table["run"]) == {"digits-run"} and (figs / "cf.png").exists()
-    assert main(["evidence-study", "--run-dir", str(run), "--n", "6", "--draws", "8", "--steps", "4",
-                 "--options", "n_draws=4", "--out-dir", str(out), "--figures-dir", str(figs), "--tag", "ev"]) == 0
+    assert main(["evidence-study", "--run-dir", str(run), "--n", "6", "--draws", "8", "--curve-points", "4",
+                 "--set", "estimator_options.n_draws=4", "--reports-dir", str(tmp_path), "--tag", "ev"]) == 0
     ev = json.loads((out / "ev.json").read_text())
     assert ev["run"] == "digits-run" and len(ev["curves"]["evidence map"]["deletion"]) == 5

@@ -6,8 +6,6 @@ from pathlib import Path
 from sgc.progress import NOTEBOOK_INTERVAL, tqdm
 
 SGC = Path(__file__).resolve().parents[1] / "sgc"
-# modules still on tqdm.auto: train.py (issue 11 switches it; sgc.notebook imports it with the warning filtered)
-PENDING = {"train.py"}  # the GPU engineer's file (issue 11)
 
 
 def test_text_bar_with_sparse_redraws_off_a_terminal():
@@ -28,4 +26,4 @@ def test_no_sgc_module_uses_the_widget_bar():
         text = path.read_text()
         if re.search(r"^\s*(from tqdm\.(auto|notebook|autonotebook) import|import tqdm\.(auto|notebook))", text, re.M):
             offenders.append(path.relative_to(SGC).as_posix())
-    assert set(offenders) <= PENDING, f"use sgc.progress.tqdm instead of tqdm.auto in {sorted(set(offenders) - PENDING)}"
+    assert not offenders, f"use sgc.progress.tqdm instead of tqdm.auto in {sorted(offenders)}"
