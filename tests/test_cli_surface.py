@@ -50,7 +50,7 @@ def test_the_same_names_for_the_same_things():
     assert "--runs-dir" in flags["batch"] and "--runs-dir" in flags["experiment"]
     assert "--reports-dir" in flags["batch"] and "--reports-dir" in flags["experiment"]
     hidden = {"--out", "--out-dir", "--work-dir", "--options", "--ode", "--elbo", "--train", "--model", "--data",
-              "--steps", "--param", "--baseline"}
+              "--steps", "--param", "--baseline", "--weighted"}
     core = ("train", "classify", "status", "demo", "batch", "experiment")   # the commands these spellings left
     assert not hidden & set().union(*(flags[n] for n in core)), "old spellings stay out of --help"
     # the newer commands reuse none of them for another meaning; --out names the one file or folder
