@@ -1,3 +1,4 @@
+import contextlib
 import os
 from pathlib import Path
 
@@ -7,6 +8,18 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch on one thread for the block: worker processes run so (torchrun sets OMP_NUM_THREADS=1),
+    so float sums agree with theirs; tiny models are also fastest on one thread of a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def shared_data() -> Path | None:

@@ -3,7 +3,6 @@
 One ``torchrun --nproc-per-node 2`` launch (module fixture) runs ``sgc train`` and then
 ``sgc classify`` in the same two processes; the tests compare with one process in this one.
 """
-import contextlib
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import one_thread
 from sgc import distributed
 from sgc.nets import ScoreUNet, build_model
 from sgc.pipeline import evaluate_run, train_on_dataset
@@ -41,16 +41,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
-
-@contextlib.contextmanager
-def one_thread():
-    """Match the worker processes (torchrun sets OMP_NUM_THREADS=1) so float sums agree."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Long runs: a killed training process resumes to the weights of an uninterrupted run;
 damaged checkpoints are detected by their sha256 and skipped for the previous one."""
-import contextlib
 import json
 import os
 import signal
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import one_thread
 from sgc.pipeline import train_on_dataset
 from sgc.runs import find_checkpoint, load_checkpoint
 
@@ -20,15 +20,6 @@ TRAIN = {"steps": 400, "batch_size": 8, "warmup": 10, "log_every": 7, "checkpoin
 CLI = ["--arch", "mlp", "--model", "hidden=16", "blocks=1", "emb_dim=8", "--train", "steps=400", "batch_size=8",
        "warmup=10", "log_every=7", "checkpoint_every=20", "hflip=true"]
 
-
-@contextlib.contextmanager
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _state(run_dir):

@@ -1,6 +1,5 @@
 """Run folders you can trust (issue 13): results keyed by what produced them, one writer at a time,
 no silent retraining, the model's real status, hand edits named, partial results kept apart."""
-import contextlib
 import hashlib
 import json
 import os
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import one_thread
 from sgc import runs
 from sgc.classify import read_scores_csv
 from sgc.errors import RunExists, RunFolderBusy, RunFolderError
@@ -26,15 +26,6 @@ TRAIN = {"steps": 4, "batch_size": 8, "warmup": 1, "checkpoint_every": 2, "log_e
 ELBO = dict(estimator="elbo", estimator_options={"n_draws": 4}, batch_size=64, progress=False)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
-
-@contextlib.contextmanager
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
