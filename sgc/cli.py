@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Further sub-commands register here: add_parsers(command) adds parsers that set_defaults(run=...).
     from .commands import add_parsers  # predict, calibrate, export and the studies of sgc.commands
     add_parsers(command)
-    from .profiles import add_parser as add_profile_parser  # sgc profile
+    from .profile_command import add_parser as add_profile_parser  # sgc profile
     add_profile_parser(command)
     return parser
 

@@ -20,7 +20,8 @@ profile itself, which no notebook receives:
 notebooks or sgc's configuration know, every value lies in the range the notebooks accept, and
 the memory it needs, estimated by :mod:`sgc.budget`, stays under 80 GiB; the stated ``minutes`` and
 ``gpu_memory_gib`` must be at least the estimates (and not far above them). ``sgc profile`` prints
-the profiles, their estimates, and a profile's settings as ``sgc train`` arguments.
+the profiles, their estimates, and a profile's settings as ``sgc train`` / ``sgc classify`` arguments
+(``--args train``), which the SLURM scripts of docs/runbook.md use so that nothing is written twice.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from pathlib import Path
 from .errors import ConfigError
 
 __all__ = ["CPU", "ABOUT", "params_file", "list_profiles", "read_params", "load_profile", "run_name",
-           "check_profile", "train_arguments", "announce"]
+           "check_profile", "train_arguments", "classify_arguments", "announce"]
 
 CPU = "cpu"                       # the profile of params/<dataset>.yaml
 ABOUT = {"hardware": str, "train_images": int, "test_images": int, "minutes": (int, float),
@@ -213,8 +214,8 @@ def check_profile(dataset: str,                  # a name of sgc.data.DATASETS
     Checked: every key is a parameter of a numbered notebook (``train`` a TrainConfig field, the
     loader, network, SDE and estimator sections against sgc's own checks), every value in the range
     the notebooks accept; for other profiles the ``profile:`` section (all of :data:`ABOUT`), a memory
-    estimate under 80 GiB, and stated ``minutes`` / ``gpu_memory_gib`` at least the estimates and at
-    most 1.5 x + 1 of them (so that they are neither optimistic nor stale).
+    estimate under 80 GiB, and (for the file as written, without ``overrides``) stated ``minutes`` /
+    ``gpu_memory_gib`` at least the estimates and at most 1.5 x + 1 of them (neither optimistic nor stale).
     """
     from .budget import GPU_GIB, batch_estimate
     from .config import validate
@@ -246,6 +247,8 @@ def check_profile(dataset: str,                  # a name of sgc.data.DATASETS
                                 f"{GPU_GIB} GB: lower train.batch_size or batch_size, or the network's width")
             for key, value, unit in (("gpu_memory_gib", est["gib"], "GiB"), ("minutes", est["minutes"], "min")):
                 stated = about[key]
+                if overrides:    # the statement is about the file's settings, not about overridden ones
+                    continue
                 if not value <= stated <= 1.5 * value + 1:
                     problems.append(f"profile.{key} = {stated} but the estimate is {value:.1f} {unit}: state a value "
                                     f"in [{value:.1f}, {1.5 * value + 1:.1f}] (sgc profile --dataset {dataset} "
@@ -276,6 +279,13 @@ def train_arguments(params: dict) -> list[str]:
     return ["--set", *items] if items else []
 
 
+def classify_arguments(params: dict) -> list[str]:
+    """Notebook 03's estimator, options and batch of the profile as ``sgc classify`` arguments."""
+    items = [f"estimator_options.{k}={_yaml(v)}" for k, v in (params.get("estimator_options") or {}).items()]
+    out = ["--estimator", str(params.get("estimator", "ode")), "--batch-size", str(params.get("batch_size", 64))]
+    return out + (["--set", *items] if items else [])
+
+
 def announce(dataset: str, profile: str, about: dict, log=print) -> None:
     """One line on what the profile is sized for, and a warning when it wants a GPU and none is here."""
     if profile == CPU or not about:
@@ -285,84 +295,3 @@ def announce(dataset: str, profile: str, about: dict, log=print) -> None:
         f"{about.get('minutes', '?')} min and {about.get('gpu_memory_gib', '?')} GiB of GPU memory (estimates)")
     if any(w in str(about.get("hardware", "")) for w in ("GPU", "NVIDIA")) and not torch.cuda.is_available():
         log(f"[batch] warning: no CUDA device here; the {profile} profile on a CPU takes far longer than that")
-
-
-# ------------------------------------------------------------------------------ sgc profile
-def add_parser(command) -> None:
-    """Register ``sgc profile`` through ``command(name, help)`` of ``sgc.cli.build_parser``."""
-    from .cli import _add_set
-    p = command("profile", "the batch profiles: estimates, checks, training arguments, the data cache")
-    p.add_argument("--dataset", default=None, help="one dataset (default: every profile)")
-    p.add_argument("--profile", default=CPU, help="cpu (params/<dataset>.yaml) or e.g. gpu (<dataset>.gpu.yaml)")
-    _add_set(p, "the notebooks' parameters, as for sgc batch", "data_options.missing=drop", "-p", "--set")
-    what = p.add_mutually_exclusive_group()
-    what.add_argument("--check", action="store_true", help="validate (every profile without --dataset); exit 2 "
-                                                           "naming each problem")
-    what.add_argument("--train-args", action="store_true",
-                      help="print the profile's data, network, SDE and training settings as sgc train arguments")
-    what.add_argument("--cache", action="store_true",
-                      help="load the data once with the profile's loader options (builds the preprocessing cache)")
-    p.add_argument("--data-root", default=None, metavar="DIR", help="the dataset's folder (default: the data-root "
-                                                                     "rule, as sgc train --help says)")
-    p.set_defaults(run=_profile_command)
-
-
-def _profile_command(args) -> int:
-    import shlex
-    from .config import parse_overrides
-    overrides = parse_overrides(args.set)
-    if args.dataset is None:
-        if args.train_args or args.cache:
-            raise ConfigError("--train-args and --cache need --dataset (and --profile)")
-        rows = []
-        for dataset, profile in list_profiles():
-            result = check_profile(dataset, profile, overrides=overrides)
-            est, params = result["estimate"], result["params"]
-            model, train = params.get("model") or {}, params.get("train") or {}
-            rows.append(f"| {dataset} | {profile} | {model.get('arch', 'unet')} {model.get('channels', model.get('hidden', ''))}"
-                        f" | {(params.get('data_options') or {}).get('size', '')} | {train.get('steps', '')} | "
-                        f"{train.get('batch_size', '')} | {params.get('estimator', '')} | "
-                        + (f"{est['minutes']:.0f} | {est['gib']:.1f} |" if est else "| |"))
-        print("| dataset | profile | network | side | steps | batch | estimator | minutes (estimate) | "
-              "GPU GiB (estimate) |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
-        if args.check:
-            print(f"{len(rows)} profiles valid")
-        return 0
-    result = check_profile(args.dataset, args.profile, overrides=overrides)
-    params = result["params"]
-    if args.train_args:
-        print(shlex.join(train_arguments(params)))
-    elif args.cache:
-        import time
-        from .data import load_dataset
-        start = time.perf_counter()
-        sets = load_dataset(args.dataset, root=args.data_root or params.get("data_root"),
-                            **(params.get("data_options") or {}))
-        for split, s in sets.items():
-            counts = ", ".join(f"{name} {int((s.labels == k).sum())}" for k, name in enumerate(s.class_names))
-            print(f"{args.dataset} {split}: {len(s)} images {tuple(s.shape)} ({counts})")
-        print(f"loaded in {time.perf_counter() - start:.0f} s")
-    elif not args.check:
-        _describe(args.dataset, args.profile, result)
-    else:
-        print(f"{params_file(args.dataset, args.profile)}: valid")
-    return 0
-
-
-def _describe(dataset: str, profile: str, result: dict) -> None:
-    params, about, est = result["params"], result["about"], result["estimate"]
-    print(f"{params_file(dataset, profile)} -> sgc batch --dataset {dataset} --profile {profile} "
-          f"(run folder <runs-dir>/{run_name(dataset, profile)})")
-    for key in ("data_options", "model", "train", "estimator", "estimator_options", "batch_size"):
-        if key in params:
-            print(f"  {key:18s} {params[key]}")
-    if est is None:
-        print("  (a CPU profile: no GPU estimate)")
-        return
-    print(f"  sized for {about['hardware']}; stated: {about['minutes']} min, {about['gpu_memory_gib']} GiB")
-    print(f"  estimates (sgc.budget, not measurements): {est['parameters']:,} parameters, images {est['shape']}")
-    for what, gib in est["memory"].items():
-        print(f"    memory  {what:28s} {gib:7.1f} GiB")
-    for what, seconds in est["seconds"].items():
-        print(f"    time    {what:28s} {seconds / 60:7.1f} min")
-    print(f"    total   {'':28s} {est['minutes']:7.1f} min")

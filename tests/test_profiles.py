@@ -107,8 +107,10 @@ def test_profile_problems_are_named_before_any_work(tmp_path):
         check("vindr_mammo", "gpu", overrides={"data_options": {"size": 512}})
     with pytest.raises(ConfigError, match=r"estimated peak GPU memory, \d+\.\d GiB \(training\), does not fit 80 GB"):
         check("vindr_mammo", "gpu", overrides={"train": {"batch_size": 128}})
+    longer = _copy_params(tmp_path, edit=lambda t: t.replace("train: {steps: 5000,", "train: {steps: 20000,"))
     with pytest.raises(ConfigError, match=r"profile.minutes = 8 but the estimate is"):
-        check("breastmnist", "gpu", overrides={"train": {"steps": 20000}})
+        check("breastmnist", "gpu", params_dir=longer)
+    assert check("breastmnist", "gpu", overrides={"train": {"steps": 20000}})["estimate"]["minutes"] > 8  # -p: no claim
     stale = _copy_params(tmp_path, "cbis_ddsm", "gpu", lambda t: t.replace("  gpu_memory_gib: 29 ", "  gpu_memory_gib: 79 "))
     with pytest.raises(ConfigError, match=r"profile.gpu_memory_gib = 79 but the estimate is 28.\d GiB: state a value"):
         check("cbis_ddsm", "gpu", params_dir=stale)
