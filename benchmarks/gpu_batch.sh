@@ -12,13 +12,13 @@
 #
 # stage (planned minutes on an H100/H200: the profile's estimate, `sgc profile --dataset breastmnist
 # --profile gpu`, which assumes eager speed; hard cap in seconds; the whole call stops at 8 minutes)
-# 0. environment (CUDA start)                                          0.1
-# 1. 01 data exploration                                               0.3   cap  40
-# 2. 02 training: 5,000 steps of the 32 px UNet, samples, EMA check    3.8   cap 270
-# 3. 03 exact ODE likelihood of the 156 test images (dopri5 1e-5)      0.5   cap  60
-# 4. 04 ablations (tolerances, probes, draws, budgets, fractions)      2.0   cap 150
-# 5. the bound, 256 draws, on the test split (sgc classify)            0.1   cap  30
-# 6. 06 beyond classification (OOD, evidence, counterfactuals)         0.5   cap  60
+# 0. environment (CUDA start)                                          0.05
+# 1. 01 data exploration                                               0.25  cap  40
+# 2. 02 training: 5,000 steps of the 32 px UNet, samples, EMA check    3.75  cap 270
+# 3. 03 exact ODE likelihood of the 156 test images (dopri5 1e-5)      0.45  cap  60
+# 4. 04 ablations (tolerances, probes, draws, budgets, fractions)      1.95  cap 150
+# 5. the bound, 256 draws, on the test split (sgc classify)            0.05  cap  30
+# 6. 06 beyond classification (OOD, evidence, counterfactuals)         0.45  cap  60
 # 7. 05 paper figures: Figure 1 and the tables of every run            1.0   cap  90
 #                                                          total planned ~7.9 min, capped at 8.0
 # Resumable: a stage done before with the same parameters is skipped (sgc batch --resume, the bound's

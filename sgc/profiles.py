@@ -163,6 +163,12 @@ def _check_values(dataset: str, params: dict, defaults: dict, problems: list) ->
             problems.append(str(err))
     if data.get("channels", 1) not in (1, 3, None):
         problems.append(f"data_options.channels must be 1 or 3, got {data['channels']!r}")
+    if isinstance(data.get("preprocess"), dict):
+        try:
+            from .data.preprocess import PreprocessSettings
+            PreprocessSettings.from_dict(data["preprocess"])
+        except (ValueError, TypeError) as err:
+            problems.append(f"data_options.preprocess: {err}")
     if "resolution" in data and data["resolution"] not in RESOLUTIONS:
         problems.append(f"data_options.resolution must be one of {RESOLUTIONS}, got {data['resolution']!r}")
     for name, value in (p.get("train") or {}).items():

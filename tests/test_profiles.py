@@ -103,6 +103,8 @@ def test_profile_problems_are_named_before_any_work(tmp_path):
         check("breastmnist", "gpu", overrides={"min_auc": 1.5})
     with pytest.raises(ConfigError, match=r"data_options.channels must be 1 or 3"):
         check("breastmnist", "gpu", overrides={"data_options": {"channels": 2}})
+    with pytest.raises(ConfigError, match=r"data_options.preprocess: unknown preprocessing settings \['clahe_clipp'\]"):
+        check("vindr_mammo", "gpu", overrides={"data_options": {"preprocess": {"clahe_clipp": 0.02}}})
     with pytest.raises(ConfigError, match=r"image_size must be between 8 and 384"):
         check("vindr_mammo", "gpu", overrides={"data_options": {"size": 512}})
     with pytest.raises(ConfigError, match=r"estimated peak GPU memory, \d+\.\d GiB \(training\), does not fit 80 GB"):
