@@ -20,6 +20,14 @@ Throughput is then timed at that batch. Prints a Markdown table and writes JSON.
 
 Without a GPU the script says so and runs the tiny CPU version (memory column: the process's
 peak resident set size, not GPU memory).
+
+    python benchmarks/memory.py --profiles               # the GPU profiles of sgc batch --profile
+
+``--profiles`` prints, for every profile of notebooks/params (sgc.profiles), its network, batch and the
+ESTIMATED peak GPU memory and time of its batch (sgc.budget: counted on the meta device, not
+measured) and writes reports/benchmarks/profiles.json and profiles.md; on a GPU it also MEASURES the
+peak memory and seconds of one training step of each profile's network at its batch (bf16 autocast,
+AdamW), beside the estimate.
 """
 from __future__ import annotations
 
@@ -157,6 +165,91 @@ def table(rows, device_name, budget_gib) -> str:
                               f"likelihood: both classes, fixed-step Euler)")
 
 
+def measure_profile_step(model: dict, shape, batch: int, device) -> dict:
+    """Peak GPU memory (GiB) and seconds of one training step of a profile's network (bf16 autocast, AdamW)."""
+    from sgc.nets import build_model
+    c, h, _ = shape
+    net = build_model({**model, "num_classes": 2, "in_channels": c, "image_size": h}).to(device)
+    opt, sde = torch.optim.AdamW(net.parameters(), lr=1e-4), VPSDE()
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def step():
+        x0 = 2 * torch.rand(batch, *shape, generator=gen, device=device) - 1
+        noise = torch.randn(x0.shape, generator=gen, device=device)
+        t = torch.rand(batch, generator=gen, device=device).clamp(min=1e-5)
+        y = torch.randint(0, 2, (batch,), generator=gen, device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = (net(sde.perturb(x0, t, noise), t, y).float() - noise).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _reset(device)
+    try:
+        step()
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(3):
+            step()
+        _sync(device)
+        return {"measured_gib": _peak_bytes(device) / 2 ** 30, "measured_seconds_per_step": (time.perf_counter() - start) / 3}
+    except RuntimeError as err:
+        if not _is_oom(err):
+            raise
+        return {"measured_gib": None, "note": "out of memory"}
+    finally:
+        del net, opt
+        _reset(device)
+
+
+def profiles_main(args, gpu: bool, device, name: str) -> int:
+    """--profiles: every profile's estimate (and, on a GPU, one measured training step)."""
+    from sgc import profiles
+    rows = []
+    for dataset, profile in profiles.list_profiles():
+        if profile == profiles.CPU:
+            continue
+        result = profiles.check_profile(dataset, profile)
+        est, params, about = result["estimate"], result["params"], result["about"]
+        row = {"dataset": dataset, "profile": profile, "model": params["model"], "shape": list(est["shape"]),
+               "parameters": est["parameters"], "batch": params["train"]["batch_size"],
+               "steps": params["train"]["steps"], "estimator": params.get("estimator"),
+               "estimator_options": params.get("estimator_options"),
+               "estimated_gib": est["memory"], "estimated_peak_gib": est["gib"],
+               "estimated_minutes": est["minutes"], "estimated_seconds": est["seconds"],
+               "stated_minutes": about["minutes"], "stated_gib": about["gpu_memory_gib"]}
+        if gpu:
+            row.update(measure_profile_step(params["model"], est["shape"], row["batch"], device))
+        rows.append(row)
+        print(f"  {dataset:12s} {profile:8s} estimated {est['gib']:5.1f} GiB, {est['minutes']:6.1f} min"
+              + (f"; measured training step {row.get('measured_gib') or float('nan'):.1f} GiB" if gpu else ""), flush=True)
+    cols = [Column("dataset", "dataset"), Column("profile", "profile"), Column("", "side",
+            lambda r: f"{r['shape'][1]} px x {r['shape'][0]}"), Column("parameters", "parameters", ",d"),
+            Column("batch", "batch"), Column("steps", "steps", ",d"), Column("estimator", "estimator"),
+            Column("", "training GiB (estimate)", lambda r: f"{r['estimated_gib']['training']:.1f}"),
+            Column("estimated_peak_gib", "peak GiB (estimate)", ".1f"),
+            Column("estimated_minutes", "batch minutes (estimate)", ".0f")]
+    if gpu:
+        cols += [Column("", "training step GiB (measured)",
+                        lambda r: "" if r.get("measured_gib") is None else f"{r['measured_gib']:.1f}"),
+                 Column("", "s per step (measured)", lambda r: f"{r.get('measured_seconds_per_step', float('nan')):.3f}")]
+    text = format_table(rows, cols, markdown=True,
+                        title=f"GPU profiles: estimates from sgc.budget (not measurements){'; measured on ' + name if gpu else ''}")
+    print()
+    print(text)
+    out = Path(args.out if args.out != str(REPO / "reports" / "benchmarks" / "memory.json")
+               else REPO / "reports" / "benchmarks" / "profiles.json")
+    report = {"benchmark": "profiles", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "device": name, "measured": gpu, "torch": torch.__version__,
+              "estimates": "sgc.budget: activations and operations counted on the meta device; time scaled from "
+                           "H200 measurements of the 32 px BreastMNIST UNet (docs/measurements.md)",
+              "rows": rows, "table": text}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    out.with_suffix(".md").write_text(text + "\n")
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default=None, help="cuda (default when available) or cpu")
@@ -168,8 +261,16 @@ def main(argv=None) -> int:
     ap.add_argument("--max-batch", type=int, default=None, help="largest batch tried (GPU default 512)")
     ap.add_argument("--nfe", type=int, default=None, help="Euler steps of the likelihood solve (GPU default 20)")
     ap.add_argument("--repeats", type=int, default=None, help="timed calls per row (GPU default 5)")
-    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "memory.json"))
+    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "memory.json"),
+                    help="JSON file (--profiles: reports/benchmarks/profiles.json unless given)")
+    ap.add_argument("--profiles", action="store_true", help="the GPU profiles: estimates (and measured training steps "
+                                                           "on a GPU); see the module docstring")
     args = ap.parse_args(argv)
+    if args.profiles:
+        gpu = torch.cuda.is_available() and args.device != "cpu"
+        device = torch.device(args.device or ("cuda" if gpu else "cpu"))
+        name = torch.cuda.get_device_name(device) if gpu else "CPU (estimates only)"
+        return profiles_main(args, gpu, device, name)
 
     gpu = torch.cuda.is_available() and args.device != "cpu"
     device = torch.device(args.device or ("cuda" if gpu else "cpu"))

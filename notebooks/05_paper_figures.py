@@ -127,9 +127,11 @@ plt.show()
 # ## Results across datasets
 #
 # Every full evaluation of notebook 03 (`sgc batch --dataset NAME`, or `sgc classify`) leaves a
-# `metrics_<split>_<estimator>.json` in its run folder. The table collects them; the second
-# table puts the generative classifier next to the discriminative baseline on the same images,
-# with 95 % bootstrap intervals. Partial ones are refused: their numbers are not comparable.
+# `metrics_<split>_<estimator>.json` in its run folder. The table collects them, each row naming
+# its run folder, the config id of its model (a hash of the run's `config.json`:
+# `sgc.runs.config_id`) and the device it was classified on; the second table puts the
+# generative classifier next to the discriminative baseline on the same images, with 95 %
+# bootstrap intervals. Partial ones are refused: their numbers are not comparable.
 
 # %%
 from sgc.runs import collect_metrics
@@ -137,13 +139,14 @@ from sgc.runs import collect_metrics
 rows = []
 found, left_out = collect_metrics(runs_dir)  # partial_* evaluations are left out, by name
 for m in found:
-    rows.append({"dataset": m.get("dataset", m["run"]), "run": m["run"], "split": m.get("split"),
+    rows.append({"dataset": m.get("dataset", m["run"]), "run": m["run"], "config id": m.get("config_id"),
+                 "split": m.get("split"),
                  "estimator": m.get("estimator"), "n": m.get("n"), "accuracy": m.get("accuracy"),
                  "balanced accuracy": m.get("balanced_accuracy"), "AUC": m.get("auc_macro_ovr"),
                  "ECE": m.get("ece"), "bits/dim": m.get("mean_bpd_true_class"), "NFE": m.get("mean_nfe"),
                  "s/image": m.get("seconds_per_image"), "train steps": m.get("train_steps"),
                  "parameters": m.get("parameters"), "device": m.get("device")})
-results = pd.DataFrame(rows, columns=["dataset", "run", "split", "estimator", "n", "accuracy", "balanced accuracy",
+results = pd.DataFrame(rows, columns=["dataset", "run", "config id", "split", "estimator", "n", "accuracy", "balanced accuracy",
                                       "AUC", "ECE", "bits/dim", "NFE", "s/image", "train steps", "parameters", "device"])
 for col in ("accuracy", "balanced accuracy", "AUC", "ECE"):
     assert results[col].dropna().between(0, 1).all(), f"{col} outside [0, 1]"

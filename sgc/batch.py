@@ -109,25 +109,14 @@ def expand_env(value):
     return _ENV.sub(sub, value)
 
 
-def load_params(dataset: str, params_dir=None) -> dict:
-    """Parameters of ``params/<dataset>.yaml`` with environment variables expanded ({} if absent).
+def load_params(dataset: str, params_dir=None, profile: str = "cpu") -> dict:
+    """Parameters of ``params/<dataset>.yaml`` (``<dataset>.<profile>.yaml`` for another profile) with
+    environment variables expanded ({} without a CPU file); :func:`sgc.profiles.load_profile`.
 
     ``params_dir`` defaults to the parameter files that come with sgc (``sgc.resources.params_dir()``).
     """
-    import yaml
-    if params_dir is None:
-        from .resources import params_dir as default_params_dir
-        params_dir = default_params_dir()
-    path = Path(params_dir) / f"{dataset}.yaml"
-    if not path.exists():
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}. Fix the file (plain values only: no !!tags)") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of parameter names to values, not {type(data).__name__}")
-    return expand_env(data)
+    from .profiles import load_profile
+    return load_profile(dataset, profile, params_dir)[0]
 
 
 def notebook_parameters(path) -> dict:
@@ -258,8 +247,10 @@ def run_batch(dataset: str = "digits", notebooks=None, params: dict | None = Non
               params_dir=None,             # folder of <dataset>.yaml (default: the one beside the notebooks)
               kernel_name: str = "python3",
               progress: bool = False,      # a bar per notebook, counting its cells (stderr)
+              profile: str = "cpu",        # parameter file: <dataset>.yaml, else <dataset>.<profile>.yaml
               log=print) -> list[Path]:
-    """Execute the notebooks for ``dataset`` into ``out/<dataset>/``; returns the executed paths.
+    """Execute the notebooks for ``dataset`` into ``out/<dataset>/`` (``out/<dataset>-<profile>/`` for a
+    profile other than "cpu", :mod:`sgc.profiles`); returns the executed paths.
 
     ``out`` is the parent folder of the run folders (the CLI's ``--runs-dir``); ``params`` a
     nested dict of overrides (``sgc.config.parse_overrides`` of ``-p`` items), merged into the
@@ -275,10 +266,12 @@ def run_batch(dataset: str = "digits", notebooks=None, params: dict | None = Non
         params_dir = nb_dir / "params"
     every = list_notebooks(nb_dir)
     chosen = select_notebooks(notebooks, nb_dir)
-    file_params = load_params(dataset, params_dir)
+    from . import profiles
+    file_params, about = profiles.load_profile(dataset, profile, params_dir)
     check_parameters(file_params, every)                                  # the file serves every notebook
     check_parameters(params or {}, chosen, all_notebooks=every)          # overrides must reach a selected one
-    run_folder = Path(out, dataset)
+    profiles.announce(dataset, profile, about, log)
+    run_folder = Path(out, profiles.run_name(dataset, profile))
     reports = Path(reports_dir) if reports_dir is not None else Path(out) / "summary"
     given = {"dataset": dataset, "run_dir": str(run_folder), "runs_dir": str(Path(out)), "reports_dir": str(reports)}
     per_notebook = {}

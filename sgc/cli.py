@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("batch", "run the numbered notebooks with papermill for one dataset")
     p.add_argument("--dataset", default="digits", help="dataset name; parameters from params/<dataset>.yaml")
+    p.add_argument("--profile", default="cpu", help="cpu: params/<dataset>.yaml; another, e.g. gpu: "
+                                                    "params/<dataset>.gpu.yaml, run folder <runs-dir>/<dataset>-gpu")
     p.add_argument("--notebooks", nargs="*", default=None, metavar="NN",
                    help="which notebooks, e.g. 01 02 (default: all)")
     _add_set(p, "the notebooks' parameters (train is a TrainConfig)", "train.steps=2000 limit=50", "-p", "--set")
@@ -215,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Further sub-commands register here: add_parsers(command) adds parsers that set_defaults(run=...).
     from .commands import add_parsers  # predict, calibrate, export and the studies of sgc.commands
     add_parsers(command)
+    from .profile_command import add_parser as add_profile_parser  # sgc profile
+    add_profile_parser(command)
     return parser
 
 
@@ -348,10 +352,10 @@ def _batch(args) -> None:
     from .config import parse_overrides
     start = time.perf_counter()
     done = run_batch(args.dataset, notebooks=args.notebooks, params=parse_overrides(args.set), out=args.runs_dir,
-                     resume=args.resume, reports_dir=args.reports_dir, progress=True)
+                     resume=args.resume, reports_dir=args.reports_dir, progress=True, profile=args.profile)
     if done:
         print(f"[batch] {args.dataset}: {len(done)} notebook(s) in {time.perf_counter() - start:.0f} s -> "
-              f"{Path(args.runs_dir, args.dataset)}")
+              f"{done[0].parent}")
 
 
 def _experiment(args) -> None:

@@ -66,12 +66,14 @@ def complexity_bpd(images,                 # (N, C, H, W) in [0, 1]
         k = _to_integers(x, levels)
         if compressor == "png":
             from PIL import Image
-            arr = k[0] if k.shape[0] == 1 else np.moveaxis(k, 0, -1)
-            if arr.ndim == 3 and k.dtype == np.uint16:
-                raise ValueError("PNG cannot hold 16-bit colour here; use compressor='lzma' or 'zlib'")
-            buf = io.BytesIO()
-            Image.fromarray(arr).save(buf, format="PNG", optimize=True, compress_level=9)
-            n = buf.tell()
+            # Pillow writes no 16-bit colour PNG: >8-bit images with several channels are stored as one
+            # 16-bit grey PNG per channel, their sizes summed (a replicated grey image: the grey bits/dim)
+            planes = [k[0] if k.shape[0] == 1 else np.moveaxis(k, 0, -1)] if k.dtype == np.uint8 else list(k)
+            n = 0
+            for arr in planes:
+                buf = io.BytesIO()
+                Image.fromarray(arr).save(buf, format="PNG", optimize=True, compress_level=9)
+                n += buf.tell()
         elif compressor == "zlib":
             n = len(zlib.compress(k.tobytes(), 9))
         else:

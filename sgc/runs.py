@@ -44,7 +44,7 @@ from .sde import make_sde
 __all__ = ["CHECKPOINT", "PREVIOUS", "CONFIG", "STATUS", "atomic_write_text", "atomic_torch_save", "sha256_file",
            "save_checkpoint", "find_checkpoint", "load_checkpoint", "load_run", "run_status", "has_model",
            "clear_run", "writer_lock", "checkpoint_bytes", "check_writable", "same_model", "run_provenance",
-           "data_sha256", "result_names", "key_sha256", "collect_metrics", "describe_status"]
+           "data_sha256", "result_names", "key_sha256", "collect_metrics", "describe_status", "config_id"]
 
 CHECKPOINT = "checkpoint.pt"       # the newest checkpoint of a run folder
 PREVIOUS = "checkpoint.prev.pt"    # the one before, the fallback when the newest is damaged
@@ -321,11 +321,26 @@ def key_sha256(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def config_id(run_dir) -> str | None:
+    """8 hex digits naming how a run folder's model was made: a hash of its config.json's ``model``,
+    ``sde``, ``train`` and the data's ``dataset`` and loader ``options`` (not where the files were, not
+    the provenance). Runs with the same id were trained the same way; None without a config.json."""
+    try:
+        config = json.loads((Path(run_dir) / CONFIG).read_text())
+    except (OSError, ValueError):
+        return None
+    data = config.get("data") or {}
+    what = {"model": config.get("model"), "sde": config.get("sde"), "train": config.get("train"),
+            "data": {"dataset": data.get("dataset"), "options": data.get("options")}}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def collect_metrics(runs_dir) -> tuple[list[dict], list[str]]:
     """(metrics of every full evaluation, "<run>/<file>" of the partial ones left out) of the run
     folders in ``runs_dir`` (``<run>/metrics_*.json``). Partial: ``partial_metrics_*`` files, and
     metrics files that say ``partial`` or come from an unfinished model or (files of older sgc
-    versions, which do not say) lack an AUC. Each dict gains ``run`` (the folder's name)."""
+    versions, which do not say) lack an AUC. Each dict gains ``run`` (the folder's name) and
+    ``config_id`` (:func:`config_id` of the folder)."""
     runs_dir = Path(runs_dir)
     full, left_out = [], [str(p.relative_to(runs_dir)) for p in sorted(runs_dir.glob("*/partial_metrics_*.json"))]
     for path in sorted(runs_dir.glob("*/metrics_*.json")):
@@ -333,7 +348,7 @@ def collect_metrics(runs_dir) -> tuple[list[dict], list[str]]:
         if m.get("partial") or m.get("model_complete") is False or m.get("auc_macro_ovr") is None:
             left_out.append(str(path.relative_to(runs_dir)))
         else:
-            full.append({**m, "run": path.parent.name})
+            full.append({**m, "run": path.parent.name, "config_id": config_id(path.parent)})
     return full, left_out
 
 

@@ -94,3 +94,13 @@ def test_ood_and_counterfactual_studies_write_tables_naming_their_run(tmp_path):
                  "--set", "estimator_options.n_draws=4", "--reports-dir", str(tmp_path), "--tag", "ev"]) == 0
     ev = json.loads((out / "ev.json").read_text())
     assert ev["run"] == "digits-run" and len(ev["curves"]["evidence map"]["deletion"]) == 5
+
+
+def test_png_complexity_of_16_bit_images_with_three_channels_is_per_channel():
+    """Pillow writes no 16-bit colour PNG: each channel is one 16-bit grey PNG (VinDr-Mammo's 3-channel
+    setting); a grey image repeated three times then has the grey image's bits/dim exactly."""
+    rng = np.random.default_rng(0)
+    grey = np.round(rng.random((2, 1, 16, 16)) * 4095) / 4095
+    three = np.repeat(grey, 3, axis=1)
+    np.testing.assert_array_equal(ood.complexity_bpd(three, 4096), ood.complexity_bpd(grey, 4096))
+    assert (ood.complexity_bpd(three, 4096) > 0).all()

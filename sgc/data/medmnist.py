@@ -21,7 +21,9 @@ from ..errors import DataError
 from . import ImageSet
 from .roots import not_found, resolve_root
 
-__all__ = ["load_medmnist", "MEDMNIST_2D"]
+__all__ = ["load_medmnist", "MEDMNIST_2D", "RESOLUTIONS"]
+
+RESOLUTIONS = (28, 64, 128, 224)   # the official files: <flag>.npz (28) and MedMNIST+ <flag>_<side>.npz
 
 # flag -> class names in file-label order (from medmnist's INFO); None = multi-label (unsupported)
 MEDMNIST_2D = {
@@ -95,13 +97,15 @@ def _fit(x: np.ndarray, size: int | None) -> np.ndarray:
 
 
 def load_medmnist(flag: str = "breastmnist", root=None, *, size: int | None = None,
-                  resolution: int = 28, download: bool = False) -> dict[str, ImageSet]:
+                  resolution: int = 28, channels: int | None = None, download: bool = False) -> dict[str, ImageSet]:
     """Official train / val / test of one MedMNIST 2-D set as ImageSets.
 
     Images float32 (N, C, size, size) in [0, 1] (uint8 value / 255, ``levels`` = 256; C = 1 or 3;
     a file that already stores floats in [0, 1] is taken as it is).
     ``size`` larger than the file's side pads with zeros (28 -> 32 keeps every pixel); smaller
-    resizes. ``resolution`` picks the MedMNIST+ file (28, 64, 128 or 224).
+    resizes. ``resolution`` picks the file: 28 is ``<flag>.npz``, 64 / 128 / 224 the MedMNIST+
+    ``<flag>_<resolution>.npz`` (same keys, images of that side; checked). ``channels``: None keeps
+    the file's, 3 repeats a grey image, 1 averages an RGB one.
     BreastMNIST: labels remapped to 0 = benign (normal or benign), 1 = malignant.
     """
     flag = flag.lower()
@@ -109,6 +113,9 @@ def load_medmnist(flag: str = "breastmnist", root=None, *, size: int | None = No
         raise ValueError(f"unknown MedMNIST 2-D flag {flag!r}; choose one of {sorted(MEDMNIST_2D)}")
     if MEDMNIST_2D[flag] is None:
         raise ValueError(f"{flag} is multi-label; this loader supports single-label sets only")
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution must be one of {RESOLUTIONS} (the sides of the official MedMNIST files), "
+                         f"got {resolution!r}; use size= to pad or resize")
     path = _npz_path(root, flag, resolution, download)
     try:
         data = np.load(path, allow_pickle=False)
@@ -122,6 +129,9 @@ def load_medmnist(flag: str = "breastmnist", root=None, *, size: int | None = No
                 if key not in data.files:
                     raise ValueError(f"{path}: key {key!r} missing (has {data.files}); is this a MedMNIST file?")
             images = data[f"{split}_images"]
+            if images.ndim not in (3, 4) or images.shape[1:3] != (resolution, resolution):
+                raise DataError(f"{path}: {split}_images has shape {images.shape}, not (N, {resolution}, "
+                                f"{resolution}[, 3]) as resolution={resolution} names; pass the resolution of the file")
             x = images[:, None] if images.ndim == 3 else np.moveaxis(images, -1, 1)
             x = _fit(_to_unit(x, path, f"{split}_images"), size)
             y = data[f"{split}_labels"].reshape(len(images), -1)
@@ -133,4 +143,5 @@ def load_medmnist(flag: str = "breastmnist", root=None, *, size: int | None = No
                 y, names = 1 - y, ("benign", "malignant")
             ids = [f"{flag}_{split}_{k:05d}" for k in range(len(y))]
             out[split] = ImageSet(x, y, names, 256, ids, list(ids))
-    return out
+    from .loaders import with_channels
+    return with_channels(out, channels, str(path))

@@ -12,7 +12,7 @@ recipes existed get one derived from their recorded dataset and loader options
   loader's own fit to ``size`` (zero padding, or area resizing when smaller).
 - ``"mammogram"``: :func:`sgc.data.preprocess.preprocess` with the loader's
   :class:`PreprocessSettings` (breast crop, flip, CLAHE, resize), then the cache's
-  quantisation to ``2 ** bits - 1`` levels.
+  quantisation to ``2 ** bits - 1`` levels, repeated to ``channels`` (the loaders' ``channels=3``).
 
 ``prepare_image`` applies a recipe to a decoded image, ``prepare_file`` to a file; both return
 float32 (C, size, size) in [0, 1] and the facts of what was done.
@@ -112,7 +112,8 @@ def _mammogram(recipe: dict, x: np.ndarray, facts: dict, box=None, laterality=No
     bits = settings.bits or min(int(facts.get("bits") or 16), 16)
     scale = np.float32(2 ** bits - 1)
     facts.update({k: v for k, v in info.items()}, quantised_bits=bits)
-    return (np.round(out * scale).astype(np.uint16).astype(np.float32) / scale)[None]
+    grey = (np.round(out * scale).astype(np.uint16).astype(np.float32) / scale)[None]
+    return np.repeat(grey, recipe["channels"], axis=0)  # channels=3: the grey image repeated, as the loaders do
 
 
 def prepare_image(recipe: dict, x: np.ndarray, facts: dict | None = None, *, box=None,
