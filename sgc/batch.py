@@ -392,7 +392,9 @@ def ensure_trained(run_dir, dataset: str = "digits", *,
 
 def _mismatch(saved: dict, step: int, want: dict) -> str:
     """'' when the saved run can be reused or resumed to ``want``, else what differs."""
-    rest = lambda d: {k: v for k, v in d.items() if k not in ("steps", "checkpoint_every", "log_every")}  # noqa: E731
+    # steps are compared below; the others do not change the weights (compile: the step engine, eager or
+    # CUDA graph; run folders from before it existed have no such key and must not be retrained for it)
+    rest = lambda d: {k: v for k, v in d.items() if k not in ("steps", "checkpoint_every", "log_every", "compile")}  # noqa: E731
     diffs = [k for k in ("model", "sde") if saved.get(k) != want[k]]
     diffs += [f"data.{k}" for k in want["data"] if saved.get("data", {}).get(k) != want["data"][k]]
     diffs += [f"train.{k}" for k in sorted(set(rest(want["train"])) | set(rest(saved.get("train", {}))))

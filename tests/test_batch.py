@@ -268,3 +268,17 @@ def test_parameter_file_keys_are_checked_against_every_notebook_and_overrides_ag
     with pytest.raises(ValueError, match="'gamma'"):
         batch.run_batch("bad", **kw)
     assert len(calls) == 2
+
+
+def test_a_run_folder_is_reused_whatever_step_engine_trained_it_but_not_with_other_training_settings():
+    """train.compile (eager or CUDA graph) does not change the model: a run folder saved before the
+    field existed, or trained by the other engine, is reused, never retrained; a real change is named."""
+    from dataclasses import asdict
+    from sgc.train import TrainConfig
+    want_train = asdict(TrainConfig.from_dict({"steps": 10, "compile": "auto"}))
+    want = {"model": {"arch": "mlp"}, "sde": {"name": "vp"}, "train": want_train,
+            "data": {"dataset": "digits", "options": {}}}
+    older = {**want, "train": {k: v for k, v in want_train.items() if k != "compile"}}
+    assert batch._mismatch(older, 10, want) == ""
+    assert batch._mismatch({**want, "train": {**want_train, "compile": "graph"}}, 10, want) == ""
+    assert batch._mismatch({**want, "train": {**want_train, "lr": want_train["lr"] * 2}}, 10, want) == "train.lr"
