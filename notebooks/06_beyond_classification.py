@@ -78,7 +78,7 @@ from sgc.data.recipes import recipe_from_config
 from sgc.data.roots import resolve_root
 from sgc.explain import deletion_insertion, evidence_map, randomized_model, rank_similarity
 from sgc.export import export_run
-from sgc.ood_study import ood_sets, score_sets
+from sgc.ood_study import ood_figure, ood_sets, score_sets
 from sgc.notebook import setup
 from sgc.predict import calibrate_run, load_calibration, score_chunked
 
@@ -199,17 +199,7 @@ ood_table.round(3)
 # correction moves to the right.
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-for ax, score, label in zip(axes, ood.SCORES, ("mixture bits/dim", "bits/dim − PNG bits/dim")):
-    values = np.concatenate([v[score] for v in scored.values()])
-    bins = np.linspace(np.percentile(values, 0.5), np.percentile(values, 99.5), 40)
-    for name, v in scored.items():
-        ax.hist(np.clip(v[score], bins[0], bins[-1]), bins=bins, histtype="step", density=True, label=name,
-                linewidth=2.2 if name.startswith("test") else 1.1)
-    ax.axvline(cal["scores"][score]["threshold"], color="k", linestyle="--", linewidth=1)
-    ax.set_xlabel(label)
-    ax.set_ylabel("density")
-axes[1].legend(fontsize=7, frameon=False, bbox_to_anchor=(1.02, 1), loc="upper left")
+fig = ood_figure(scored, cal)
 plots.save_figure(fig, figures_dir / "06_ood_histograms")
 plt.show()
 

@@ -23,7 +23,7 @@ import pandas as pd
 from . import ood
 from .data.recipes import prepare_image, recipe_from_config
 
-__all__ = ["ood_sets", "score_sets", "run_ood_study"]
+__all__ = ["ood_sets", "score_sets", "ood_figure", "run_ood_study"]
 
 
 def _breast_crops(image: np.ndarray, n: int, side: int, rng) -> list[np.ndarray]:
@@ -183,10 +183,12 @@ def _markdown(table: pd.DataFrame, cal: dict, run: str, sha: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _figure(scored: dict, cal: dict, folder: Path, tag: str) -> None:
+def ood_figure(scored: dict,    # set name -> {score name: (N,) scores}, as score_sets returns
+               cal: dict,       # the run's OOD calibration (thresholds per score)
+               ):
+    """Histograms of the raw bits/dim and the complexity score per set, the calibrated thresholds
+    dashed; the in-distribution test set drawn thick, control sets dashed. Returns the figure."""
     import matplotlib.pyplot as plt
-    from .plots import save_figure, set_theme
-    set_theme()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, score, label in zip(axes, ood.SCORES, ("mixture bits/dim", "bits/dim − compressor bits/dim")):
         values = np.concatenate([v[score] for v in scored.values()])
@@ -198,5 +200,13 @@ def _figure(scored: dict, cal: dict, folder: Path, tag: str) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("density")
     axes[1].legend(fontsize=7, frameon=False, bbox_to_anchor=(1.02, 1), loc="upper left")
+    return fig
+
+
+def _figure(scored: dict, cal: dict, folder: Path, tag: str) -> None:
+    import matplotlib.pyplot as plt
+    from .plots import save_figure, set_theme
+    set_theme()
+    fig = ood_figure(scored, cal)
     save_figure(fig, folder / tag)
     plt.close(fig)
