@@ -121,13 +121,9 @@ def _costs_of_one(model_json: str, shape: tuple, num_classes: int, backward: str
     return _costs(json.loads(model_json), shape, num_classes, 1, backward)
 
 
-def _costs(model: dict,          # network config: arch + keywords (sgc.nets.build_model)
-                  shape,                # (C, H, W) of one image
-                  num_classes: int,     # classes the network is conditioned on
-                  rows: int,            # batch rows of one call (images, or images x classes)
-                  backward: str = "params",  # "params" (a training step), "input" (an ODE VJP) or "none"
-                  ) -> dict:
-    """Counts of one call at ``rows`` rows, from a run on the meta device (no memory, no compute).
+def _costs(model: dict, shape, num_classes: int, rows: int, backward: str = "params") -> dict:
+    """Counts of one call at ``rows`` rows (arguments as in :func:`network_costs`), from a run on the
+    meta device (no memory, no compute).
 
     Returns ``parameters``, ``param_bytes``, ``forward_flops``, ``backward_flops`` and
     - with a backward: ``saved_bytes`` (activations autograd keeps for it, fp32, parameters
